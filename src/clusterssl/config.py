@@ -1,0 +1,62 @@
+"""Load and validate params files against the one schema Snakemake also uses."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .io import UserError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "required":
+        # the missing key is named in the message, not in the path
+        missing = error.message.split("'")[1] if "'" in error.message else "?"
+        parts.append(missing)
+    if error.validator == "additionalProperties":
+        extra = error.message.split("'")[1] if "'" in error.message else "?"
+        parts.append(extra)
+    return ".".join(parts) or "<top level>"
+
+
+def validate(params: dict, source: str = "params") -> dict:
+    """Validate `params` and return it. Raise UserError naming the first offending key."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        hint = e.schema.get("description", "")
+        raise UserError(
+            f"{source}: invalid value for key '{_key_path(e)}': {e.message}"
+            + (f" ({hint})" if hint else "")
+            + f". Fix it in {source} (the schema is {SCHEMA_PATH.name})."
+        )
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: params file not found (pass --params FILE or run from the project root)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: expected a mapping of params at the top level")
+    return validate(params, str(path))
+
+
+def fingerprint(obj) -> str:
+    """Short stable hash of a JSON-able object (used to match checkpoints to their config)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

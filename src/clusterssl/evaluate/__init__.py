@@ -1,0 +1,1 @@
+"""Evaluations on frozen features: feature extraction, linear probe, weighted k-NN, clustering."""

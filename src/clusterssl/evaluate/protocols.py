@@ -1,0 +1,66 @@
+"""The three frozen-feature protocols, identical for every method (METHODS.md)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from .metrics import clustering_scores
+
+
+def linear_probe(train_x, train_y, test_x, test_y, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int) -> dict:
+    """One linear layer on standardised frozen features, AdamW with cosine decay; test top-1."""
+    g = torch.Generator().manual_seed(seed)
+    xtr, xte = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(test_x, dtype=torch.float32)
+    mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    ytr, yte = torch.as_tensor(train_y), torch.as_tensor(test_y)
+    n_classes = int(max(ytr.max(), yte.max())) + 1
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(xtr.shape[1], n_classes)
+    opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * max(1, len(xtr) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xtr), generator=g)
+        for i in range(0, len(xtr) - batch_size + 1 if len(xtr) >= batch_size else 1, batch_size):
+            idx = perm[i : i + batch_size]
+            loss = F.cross_entropy(layer(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        train_acc = (layer(xtr).argmax(1) == ytr).float().mean().item()
+        test_acc = (layer(xte).argmax(1) == yte).float().mean().item()
+    return {"top1": test_acc, "train_top1": train_acc}
+
+
+@torch.no_grad()
+def knn_predict(train_x, train_y, test_x, k: int, temperature: float, chunk: int = 1024) -> np.ndarray:
+    """Weighted k-NN (Wu et al., InstDisc): cosine similarity, votes weighted by exp(s / T)."""
+    tr = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
+    te = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
+    ytr = torch.as_tensor(train_y)
+    n_classes = int(ytr.max()) + 1
+    k = min(k, len(tr))
+    preds = []
+    for i in range(0, len(te), chunk):
+        sim = te[i : i + chunk] @ tr.t()
+        s, j = sim.topk(k, dim=1)
+        w = (s / temperature).exp()
+        votes = torch.zeros(len(s), n_classes).scatter_add_(1, ytr[j], w)
+        preds.append(votes.argmax(1))
+    return torch.cat(preds).numpy()
+
+
+def knn(train_x, train_y, test_x, test_y, ks: list[int], temperature: float) -> dict:
+    return {f"k{k}_top1": float((knn_predict(train_x, train_y, test_x, k, temperature) == np.asarray(test_y)).mean()) for k in ks}
+
+
+def kmeans_clustering(x, y, n_clusters: int, n_init: int, seed: int) -> dict:
+    """k-means (K = number of classes) on L2-normalised features; ACC / NMI / ARI."""
+    from sklearn.cluster import KMeans  # imported here: sklearn's import is slow and only k-means needs it
+
+    xn = np.asarray(F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1))
+    pred = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(xn)
+    return clustering_scores(y, pred)

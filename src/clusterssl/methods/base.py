@@ -1,0 +1,86 @@
+"""The interface every method implements, and the registry that maps a params name to a class.
+
+The training loop only ever calls the hooks below, so a new method (EMA teachers, key queues,
+per-sample dataset indices, an extra clean view, multi-crop, cluster heads) is one new file:
+
+    @register("mymethod")
+    class MyMethod(Method):
+        view_spec = ViewSpec(global_views=2)
+        def training_step(self, batch): ...   # returns {"loss": total, "<term>": value, ...}
+
+`batch` holds `views` (list of augmented views, normalised), optionally `local_views`,
+`clean` (the un-augmented image, when `view_spec.clean`), and always `index` (each sample's
+position in the training set, for per-instance buffers such as CoKe's pseudo-labels)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..augment import ViewSpec
+from ..io import UserError
+
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> type["Method"]:
+    from . import carl, simclr  # noqa: F401  (importing registers them)
+
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(sorted(REGISTRY))}") from None
+
+
+class Method(nn.Module):
+    name = ""
+    view_spec = ViewSpec()
+    #: one line each for the report: what follows the authors and what is assumed
+    provenance = ""
+
+    def __init__(self, backbone: nn.Module, cfg: dict, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.feat_dim = backbone.num_features
+
+    # --- hooks called by the training loop -------------------------------------------------
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_train_start(self, encode_train_set) -> None:
+        """Called once before the first step; `encode_train_set()` returns backbone features of
+        the un-augmented training set (for methods initialised from data, e.g. CADC's k-means)."""
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called after every optimiser step; `progress` runs from 0 to 1 over training (EMA)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after every epoch (per-epoch buffers, e.g. CoKe's centres)."""
+
+    def parameter_groups(self) -> list[dict]:
+        """Parameter groups for the optimiser; biases and norm weights skip weight decay / LARS."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def eval_encoder(self) -> nn.Module:
+        """The frozen encoder the evaluations use (the online backbone by default)."""
+        return self.backbone
+
+    def cluster_logits(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The method's own cluster assignment logits from backbone features, if it has a head."""
+        return None

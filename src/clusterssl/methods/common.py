@@ -1,0 +1,99 @@
+"""Pieces shared by several methods: projector MLP, EMA teacher, NT-Xent, Sinkhorn, queue."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
+    """Projector / predictor MLP: (Linear-BN-ReLU) x (layers-1), then Linear (optionally BN)."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, out, bias=not last_bn))
+    if last_bn:
+        mods.append(nn.BatchNorm1d(out, affine=False))
+    return nn.Sequential(*mods)
+
+
+def ema_momentum(base: float, progress: float, final: float = 1.0) -> float:
+    """Cosine schedule from `base` (progress 0) to `final` (progress 1), as in BYOL."""
+    return final - (final - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
+
+
+class EMATeacher(nn.Module):
+    """A frozen copy of `student` updated as theta_t <- m theta_t + (1 - m) theta_s."""
+
+    def __init__(self, student: nn.Module, base_momentum: float, final_momentum: float = 1.0):
+        super().__init__()
+        self.module = copy.deepcopy(student)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.base_momentum, self.final_momentum = base_momentum, final_momentum
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, progress: float) -> float:
+        m = ema_momentum(self.base_momentum, progress, self.final_momentum)
+        t_params = [p for p in self.module.parameters()]
+        s_params = [p.detach() for p in student.parameters()]
+        torch._foreach_mul_(t_params, m)
+        torch._foreach_add_(t_params, s_params, alpha=1 - m)
+        for tb, sb in zip(self.module.buffers(), student.buffers()):
+            tb.copy_(sb)  # BN running stats follow the student
+        return m
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR) over the 2N views: each view's positive is the other view of the same
+    image, the other 2N - 2 views are negatives. Inputs need not be normalised."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp equipartition (SwAV): returns codes Q (N x K) whose rows sum to 1 and
+    whose columns each sum to N / K."""
+    q = torch.exp((scores - scores.max()) / epsilon).t()  # K x N
+    q /= q.sum()
+    k, n = q.shape
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n
+    return (q * n).t()
+
+
+class Queue(nn.Module):
+    """A FIFO of the last `size` vectors (MoCo keys, SwAV features)."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.register_buffer("items", torch.zeros(size, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, x: torch.Tensor) -> None:
+        size = self.items.shape[0]
+        idx = (self.ptr + torch.arange(x.shape[0], device=x.device)) % size
+        self.items[idx] = x.detach().to(self.items.dtype)
+        self.ptr.copy_((self.ptr + x.shape[0]) % size)
+        self.filled.copy_(torch.clamp(self.filled + x.shape[0], max=size))
+
+    def get(self) -> torch.Tensor:
+        return self.items[: int(self.filled)]

@@ -1,0 +1,22 @@
+"""SimCLR (Chen et al., 2020): NT-Xent between two augmented views of each image.
+
+Follows the paper; settings from solo-learn's CIFAR config (tau = 0.2, projector 2048 -> 256,
+scaled down in small presets). Nothing assumed."""
+from __future__ import annotations
+
+from .base import Method, register
+from .common import mlp, nt_xent
+
+
+@register("simclr")
+class SimCLR(Method):
+    provenance = "paper: NT-Xent over 2N views; settings from solo-learn's CIFAR config"
+
+    def __init__(self, backbone, cfg, num_classes):
+        super().__init__(backbone, cfg, num_classes)
+        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"])
+
+    def training_step(self, batch):
+        z1, z2 = (self.projector(self.backbone(v)) for v in batch["views"])
+        loss = nt_xent(z1, z2, self.cfg["temperature"])
+        return {"loss": loss, "nt_xent": loss.detach()}

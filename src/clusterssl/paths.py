@@ -1,0 +1,66 @@
+"""Every output path, derived from params in one place (CLI, Snakemake, DVC and report use it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_PIXELS = "raw_pixels"  # the no-learning baseline row: flattened pixels through every evaluation
+EVALS = ("linear", "knn", "cluster")
+
+
+def data_dir(params: dict) -> Path:
+    return Path(params["paths"]["data"])
+
+
+def results_dir(params: dict) -> Path:
+    return Path(params["paths"]["results"])
+
+
+def raw_dir(params: dict, dataset: str) -> Path:
+    return data_dir(params) / "raw" / dataset
+
+
+def prepared_dir(params: dict, dataset: str) -> Path:
+    return data_dir(params) / "prepared" / dataset
+
+
+def prepared_files(params: dict, dataset: str) -> list[Path]:
+    d = prepared_dir(params, dataset)
+    return [d / "train.npz", d / "test.npz", d / "meta.json"]
+
+
+def run_dir(params: dict, method: str, seed: int) -> Path:
+    return results_dir(params) / "runs" / params["dataset"] / method / f"seed{seed}"
+
+
+def run_files(params: dict, method: str, seed: int) -> list[Path]:
+    d = run_dir(params, method, seed)
+    return [d / "checkpoint.pt", d / "history.csv", d / "config.json"]
+
+
+def features_file(params: dict, method: str, seed: int, dataset: str | None = None) -> Path:
+    dataset = dataset or params["dataset"]
+    return results_dir(params) / "features" / params["dataset"] / method / f"seed{seed}" / f"{dataset}.npz"
+
+
+def metrics_file(params: dict, method: str, seed: int, evaluation: str) -> Path:
+    return results_dir(params) / "metrics" / params["dataset"] / method / f"seed{seed}" / f"{evaluation}.json"
+
+
+def report_dir(params: dict) -> Path:
+    return results_dir(params) / "report"
+
+
+def report_files(params: dict) -> list[Path]:
+    d = report_dir(params)
+    return [
+        d / "tables" / "main.csv",
+        d / "tables" / "main.md",
+        d / "figures" / "training_curves.png",
+        d / "figures" / "embeddings.png",
+        d / "index.md",
+    ]
+
+
+def evaluated_methods(params: dict) -> list[str]:
+    """Rows of the report: the raw-pixel baseline, then every pretrained method."""
+    return [RAW_PIXELS, *params["methods"]]

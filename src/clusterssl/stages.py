@@ -1,0 +1,26 @@
+"""The params keys each stage reads — the single list that dvc.yaml's `params:` sections and
+the Snakemake rules' `params:` (their re-run trigger) are checked against in the tests."""
+from __future__ import annotations
+
+STAGE_PARAMS: dict[str, list[str]] = {
+    "fetch": ["paths.data"],
+    "prepare": ["paths.data"],
+    "pretrain": ["dataset", "paths", "data", "backbone", "augment", "pretrain", "method_params.{method}"],
+    "embed": ["dataset", "paths", "eval.max_train", "eval.batch_size", "pretrain.device"],
+    "linear": ["dataset", "paths", "eval.linear"],
+    "knn": ["dataset", "paths", "eval.knn"],
+    "cluster": ["dataset", "paths", "eval.cluster"],
+    "report": ["dataset", "methods", "seeds", "paths", "report"],
+}
+
+
+def stage_params(params: dict, stage: str, method: str | None = None) -> dict:
+    """The values of the keys `stage` reads, as a flat {dotted key: value} dict."""
+    out = {}
+    for key in STAGE_PARAMS[stage]:
+        key = key.format(method=method)
+        value = params
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out

@@ -1,0 +1,219 @@
+"""One training loop for every method.
+
+SGD / LARS / AdamW, linear warm-up then cosine decay (per step), seeds, AMP (bf16 on CUDA),
+channels_last, optional torch.compile, a checkpoint every N epochs that a re-run resumes
+from, a tqdm progress bar, and `history.csv` with the loss and each of its terms per epoch."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import paths
+from .augment import AugmentConfig, make_views
+from .backbones import create_backbone
+from .config import fingerprint
+from .data import load_meta, load_prepared
+from .io import UserError, atomic_path, write_json
+from .methods.base import Method, get_method
+
+PRETRAIN_KEYS = ("dataset", "data", "backbone", "augment", "pretrain")
+
+
+def pretrain_config(params: dict, method: str) -> dict:
+    """Exactly the params a pretraining run reads (DVC lists the same keys)."""
+    cfg = {k: params[k] for k in PRETRAIN_KEYS}
+    cfg["method"] = method
+    cfg["method_params"] = params["method_params"][method]
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("pretrain.device is 'cuda' but no CUDA device is visible; set it to 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def build_method(cfg: dict, in_chans: int, num_classes: int) -> Method:
+    backbone = create_backbone(cfg["backbone"], in_chans)
+    return get_method(cfg["method"])(backbone, cfg["method_params"], num_classes)
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017); parameter
+    groups marked `lars_exclude` (biases, norms) get plain SGD, as in SimCLR/BYOL."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=g["weight_decay"]) if g["weight_decay"] else p.grad.clone()
+                if not g["lars_exclude"]:
+                    pn, dn = torch.norm(p), torch.norm(d)
+                    d.mul_(torch.where((pn > 0) & (dn > 0), g["eta"] * pn / dn, torch.ones_like(pn)))
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(g["momentum"]).add_(d)
+                p.add_(buf, alpha=-g["lr"])
+
+
+def make_optimizer(method: Method, cfg: dict, lr: float) -> torch.optim.Optimizer:
+    groups = method.parameter_groups()
+    wd = cfg["weight_decay"]
+    for g in groups:
+        g.setdefault("weight_decay", wd)
+    name = cfg["optimizer"]
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+    for g in groups:
+        g.pop("lars_exclude", None)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, final_ratio: float = 0.0) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def pretrain(params: dict, method_name: str, seed: int, threads: int | None = None, progress: bool = True) -> Path:
+    cfg = pretrain_config(params, method_name)
+    tcfg = cfg["pretrain"]
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    device = pick_device(tcfg["device"])
+    out = paths.run_dir(params, method_name, seed)
+
+    prepared = paths.prepared_dir(params, params["dataset"])
+    meta = load_meta(prepared)
+    train = load_prepared(prepared, "train", params["data"]["max_train"])
+    images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous().to(device)  # uint8 NCHW
+    in_chans, num_classes = images.shape[1], len(meta["classes"])
+    out.mkdir(parents=True, exist_ok=True)  # only once the data has loaded: a failed start leaves nothing
+    mean = images.float().mean(dim=(0, 2, 3)) / 255
+    std = images.float().std(dim=(0, 2, 3)) / 255
+
+    model = build_method(cfg, in_chans, num_classes).to(device)
+    channels_last = tcfg["channels_last"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch = min(tcfg["batch_size"], len(images))
+    steps_per_epoch = len(images) // batch
+    total_steps = steps_per_epoch * tcfg["epochs"]
+    base_lr = tcfg["lr"] * batch / 256
+    opt = make_optimizer(model, tcfg, base_lr)
+    amp = tcfg["amp"] and device.type == "cuda"
+    step_fn = torch.compile(model.training_step) if tcfg["compile"] else model.training_step
+    aug = AugmentConfig.from_params(cfg["augment"])
+    gen = torch.Generator(device=device).manual_seed(seed)
+    order_gen = torch.Generator().manual_seed(seed)
+
+    # resume: an interrupted run left resume.pt; use it only if it was made by this exact config
+    fp = fingerprint({**cfg, "seed": seed})
+    resume_file = out / "resume.pt"
+    history: list[dict] = []
+    start_epoch = 0
+    if resume_file.exists():
+        state = torch.load(resume_file, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fp:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["gen"].cpu())
+            order_gen.set_state(state["order_gen"])
+            history, start_epoch = state["history"], state["epoch"]
+            print(f"resuming {out} from epoch {start_epoch}")
+        else:
+            print(f"ignoring {resume_file}: it was made with different params")
+
+    model.on_train_start(lambda: None)
+    norm = lambda v: ((v - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    for epoch in range(start_epoch, tcfg["epochs"]):
+        model.train()
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        perm = torch.randperm(len(images), generator=order_gen).to(device)
+        bar = tqdm(range(steps_per_epoch), desc=f"{method_name} epoch {epoch + 1}/{tcfg['epochs']}", disable=not progress, mininterval=5, leave=False)
+        for it in bar:
+            step = epoch * steps_per_epoch + it
+            lr = lr_at(step, total_steps, tcfg["warmup_epochs"] * steps_per_epoch, base_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = perm[it * batch : (it + 1) * batch]
+            x = images[idx].float().div_(255)
+            views = make_views(x, model.view_spec, aug, gen)
+            b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
+            b["index"] = idx
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                terms = step_fn(b)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"{method_name}: loss became {loss.item()} at epoch {epoch + 1}, step {it}; "
+                    "lower pretrain.lr or raise the method's temperature in params"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.after_optimizer_step((step + 1) / total_steps)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if it % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.on_epoch_end(epoch)
+        dt = time.time() - t0
+        history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr, "seconds": round(dt, 2), "images_per_s": round(steps_per_epoch * batch / dt, 1)})
+        print(json.dumps(history[-1]), flush=True)
+        if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
+            with atomic_path(resume_file) as tmp:
+                torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "order_gen": order_gen.get_state(), "history": history, "epoch": epoch + 1}, tmp)
+
+    with atomic_path(out / "checkpoint.pt") as tmp:
+        torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "mean": mean.cpu(), "std": std.cpu()}, tmp)
+    with atomic_path(out / "history.csv") as tmp:
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
+    write_json(out / "config.json", {**cfg, "seed": seed, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "train_images": len(images)})
+    if resume_file.exists():
+        os.remove(resume_file)
+    return out
+
+
+def load_trained(checkpoint: Path, device: torch.device = torch.device("cpu")) -> tuple[Method, dict]:
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: checkpoint not found; run `clusterssl pretrain` first")
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model = build_method(state["config"], state["in_chans"], state["num_classes"])
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, EOFError) as exc:
+        raise UserError(f"{checkpoint}: not a clusterssl checkpoint or made by another version ({exc}); delete it and pretrain again") from None
+    return model.to(device).eval(), state

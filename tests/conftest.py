@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny fake Fashion-MNIST archives, an offline download environment, and a
+params file whose output paths point into tmp_path. Nothing here touches the project's own
+data/, results/ or exp/ directories."""
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(1)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_YAML = PROJECT_ROOT / "params.yaml"
+
+FMNIST_NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic 0x00000800 + ndim, one big-endian uint32 per dim."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x00000800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_gz(path: Path, raw: bytes) -> Path:
+    """gzip `raw` with a fixed 10-byte header (no file name, mtime 0), so byte offsets are known."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw, mtime=0))
+    return path
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> Path:
+    return write_gz(path, idx_bytes(array))
+
+
+def make_fake_fmnist(directory: Path, n_train: int = 30, n_test: int = 20, seed: int = 0) -> dict:
+    """Write the four Fashion-MNIST archives (small, compressible images) into `directory`;
+    return the arrays and the SHA-256 of each file's decompressed content."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte.gz": (rng.integers(0, 4, (n_train, 28, 28)) * 60).astype(np.uint8),
+        "train-labels-idx1-ubyte.gz": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte.gz": (rng.integers(0, 4, (n_test, 28, 28)) * 60).astype(np.uint8),
+        "t10k-labels-idx1-ubyte.gz": ((np.arange(n_test) * 3) % 10).astype(np.uint8),
+    }
+    sha = {}
+    for name, arr in arrays.items():
+        raw = idx_bytes(arr)
+        write_gz(directory / name, raw)
+        sha[name] = hashlib.sha256(raw).hexdigest()
+    return {"dir": directory, "arrays": arrays, "sha": sha}
+
+
+@pytest.fixture
+def offline_fmnist_env(tmp_path, monkeypatch):
+    """No Debian package, no network (port 9 on localhost refuses at once), no proxy, no mirror."""
+    from clusterssl.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-such-debian-dir")
+    monkeypatch.setenv("CLUSTERSSL_FASHION_MNIST_URL", "http://127.0.0.1:9/")
+    monkeypatch.delenv("CLUSTERSSL_DATA_MIRROR", raising=False)
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path, offline_fmnist_env, monkeypatch):
+    """Fake archives in tmp_path/mirror, CLUSTERSSL_DATA_MIRROR pointing there, FILES patched to
+    their checksums."""
+    from clusterssl.data import fashion_mnist
+
+    fake = make_fake_fmnist(tmp_path / "mirror")
+    monkeypatch.setattr(fashion_mnist, "FILES", dict(fake["sha"]))
+    monkeypatch.setenv("CLUSTERSSL_DATA_MIRROR", str(fake["dir"]))
+    return fake
+
+
+def hidden_entries(directory: Path) -> list[str]:
+    """Leftover temporary files/dirs of io.atomic_* (their names start with a dot)."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def all_files(directory: Path) -> list[Path]:
+    if not directory.exists():
+        return []
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def base_params(tmp_path) -> dict:
+    """The project's params.yaml with paths.data / paths.results moved into tmp_path."""
+    params = yaml.safe_load(PARAMS_YAML.read_text())
+    params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
+    return params
+
+
+@pytest.fixture
+def write_params(tmp_path, base_params):
+    """write_params(modify=None, name=...) -> path of a params file; `modify(params)` edits a copy."""
+
+    def _write(modify=None, name: str = "params.yaml") -> Path:
+        params = copy.deepcopy(base_params)
+        if modify is not None:
+            modify(params)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def tiny_backbone():
+    from clusterssl.backbones import create_backbone
+
+    def _make():
+        torch.manual_seed(0)
+        return create_backbone({"name": "resnet18", "layers": [1, 1, 1, 1], "channels": [8, 8, 8, 8], "stem": "cifar"}, in_chans=1)
+
+    return _make
+
+
+@pytest.fixture
+def method_params() -> dict:
+    """params.yaml's method_params, with projector/prototype sizes shrunk for speed."""
+    mp = yaml.safe_load(PARAMS_YAML.read_text())["method_params"]
+    for cfg in mp.values():
+        cfg["projector_hidden"], cfg["projector_out"] = 16, 8
+    mp["carl"]["num_prototypes"] = 10
+    return mp

@@ -1,0 +1,269 @@
+"""The `clusterssl` CLI, run in-process: params validation errors, wrong method names, stages
+run out of order, offline Fashion-MNIST fetch, and a tiny digits raw-pixel round trip. Every
+error must exit with status 2, name the offending key/file on stderr, and write nothing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clusterssl import paths
+from clusterssl.cli import main
+from conftest import FMNIST_NAMES, all_files, hidden_entries
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def run(capsys, params_file, *argv):
+    rc = main(["--params", str(params_file), *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_user_error(rc, err):
+    assert rc == 2
+    assert err.startswith("clusterssl: error:")
+    assert "Traceback" not in err
+
+
+# --- params validation --------------------------------------------------------------------------
+def _set(path, value):
+    def modify(p):
+        d = p
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+
+    return modify
+
+
+def _delete(path):
+    def modify(p):
+        d = p
+        for k in path[:-1]:
+            d = d[k]
+        del d[path[-1]]
+
+    return modify
+
+
+INVALID = {
+    "unknown_method": (_set(["methods"], ["carl", "nosuch"]), "methods"),
+    "unknown_dataset": (_set(["dataset"], "cifar10"), "dataset"),
+    "wrong_type": (_set(["pretrain", "epochs"], "ten"), "pretrain.epochs"),
+    "out_of_range": (_set(["augment", "flip"], 1.5), "augment.flip"),
+    "bad_enum_nested": (_set(["method_params", "carl", "target"], "nope"), "method_params.carl.target"),
+    "missing_key": (_delete(["pretrain", "lr"]), "pretrain.lr"),
+    "missing_section": (_delete(["eval"]), "eval"),
+    "extra_key": (_set(["pretrain", "epochz"], 3), "pretrain.epochz"),
+    "extra_top_level_key": (_set(["learning_rate"], 0.1), "learning_rate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+@pytest.mark.parametrize("verb", [["pretrain", "--method", "carl"], ["data", "fetch", "digits"]])
+def test_invalid_params(tmp_path, capsys, write_params, case, verb):
+    modify, key = INVALID[case]
+    rc, out, err = run(capsys, write_params(modify), *verb)
+    assert_user_error(rc, err)
+    assert f"'{key}" in err  # the message quotes the dotted key
+    assert "params.yaml" in err
+    assert out == ""
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "data").exists()
+
+
+def test_invalid_method_value_is_named(capsys, write_params):
+    rc, _, err = run(capsys, write_params(_set(["methods"], ["carl", "nosuch"])), "pretrain", "--method", "carl")
+    assert_user_error(rc, err)
+    assert "nosuch" in err
+
+
+def test_params_file_missing(tmp_path, capsys):
+    rc, _, err = run(capsys, tmp_path / "nope.yaml", "data", "fetch", "digits")
+    assert_user_error(rc, err)
+    assert "nope.yaml" in err and "not found" in err
+
+
+@pytest.mark.parametrize("text", ["dataset: [unclosed\n", "- just\n- a list\n"])
+def test_params_not_a_mapping_or_not_yaml(tmp_path, capsys, text):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    rc, _, err = run(capsys, f, "data", "fetch", "digits")
+    assert_user_error(rc, err)
+    assert "bad.yaml" in err
+
+
+def test_default_params_file_is_looked_up_in_cwd(tmp_path, capsys):
+    rc = main(["data", "fetch", "digits"])
+    _, err = capsys.readouterr()
+    assert_user_error(rc, err)
+    assert "params.yaml" in err and "not found" in err
+
+
+# --- method names ---------------------------------------------------------------------------
+def test_pretrain_unknown_method(tmp_path, capsys, write_params):
+    rc, out, err = run(capsys, write_params(), "pretrain", "--method", "nosuch")
+    assert_user_error(rc, err)
+    assert "nosuch" in err
+    assert "carl" in err and "simclr" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_embed_unknown_method(tmp_path, capsys, write_params):
+    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "embed", "--method", "nosuch")
+    assert_user_error(rc, err)
+    assert "nosuch" in err and "carl" in err
+    assert not (tmp_path / "results").exists()
+
+
+# --- stages out of order ------------------------------------------------------------------------
+@pytest.fixture
+def digits_params(tmp_path, capsys, write_params):
+    """A params file for `digits`, with the dataset fetched and prepared under tmp_path/data."""
+
+    def modify(p):
+        p["dataset"] = "digits"
+        p["eval"]["max_train"] = 300
+        p["eval"]["cluster"]["n_init"] = 1
+        p["eval"]["knn"]["k"] = [5]
+
+    f = write_params(modify)
+    for action in ("fetch", "prepare"):
+        rc, out, err = run(capsys, f, "data", action)
+        assert rc == 0, err
+    assert (tmp_path / "data" / "prepared" / "digits" / "meta.json").exists()
+    return f
+
+
+def test_prepare_before_fetch(tmp_path, capsys, write_params):
+    rc, _, err = run(capsys, write_params(), "data", "prepare", "digits")
+    assert_user_error(rc, err)
+    assert "not found" in err and "data fetch digits" in err
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_embed_before_prepare(tmp_path, capsys, write_params):
+    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "embed", "--method", "carl")
+    assert_user_error(rc, err)
+    assert "not found" in err and "train.npz" in err
+    assert all_files(tmp_path / "results") == []
+
+
+def test_embed_before_pretrain(tmp_path, capsys, digits_params):
+    rc, _, err = run(capsys, digits_params, "embed", "--method", "carl")
+    assert_user_error(rc, err)
+    checkpoint = tmp_path / "results" / "runs" / "digits" / "carl" / "seed0" / "checkpoint.pt"
+    assert str(checkpoint) in err and "not found" in err
+    assert all_files(tmp_path / "results") == []
+
+
+def test_eval_before_embed(tmp_path, capsys, digits_params):
+    for protocol in ("linear", "knn", "cluster"):
+        rc, _, err = run(capsys, digits_params, "eval", protocol, "--method", "carl", "--seed", "3")
+        assert_user_error(rc, err)
+        features = tmp_path / "results" / "features" / "digits" / "carl" / "seed3" / "digits.npz"
+        assert str(features) in err and "not found" in err
+    assert all_files(tmp_path / "results") == []
+
+
+def test_pretrain_before_prepare(tmp_path, capsys, write_params):
+    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "pretrain", "--method", "carl")
+    assert_user_error(rc, err)
+    assert "not found" in err and "meta.json" in err
+    assert all_files(tmp_path / "results") == []
+
+
+def test_pretrain_before_prepare_leaves_no_directories(tmp_path, capsys, write_params):
+    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "pretrain", "--method", "carl")
+    assert rc == 2
+    assert not (tmp_path / "results").exists()
+
+
+def test_report_before_anything(tmp_path, capsys, write_params):
+    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "report")
+    assert_user_error(rc, err)
+    assert "not found" in err and "linear.json" in err
+    assert all_files(tmp_path / "results") == []
+
+
+# --- Fashion-MNIST fetch ------------------------------------------------------------------------
+def test_fetch_fashion_mnist_offline(tmp_path, capsys, write_params, offline_fmnist_env):
+    offline_fmnist_env.setenv("CLUSTERSSL_DATA_MIRROR", str(tmp_path / "empty-mirror"))
+    rc, out, err = run(capsys, write_params(), "data", "fetch")  # dataset from params: fashion_mnist
+    assert_user_error(rc, err)
+    assert "CLUSTERSSL_DATA_MIRROR" in err and "dataset-fashion-mnist" in err
+    raw_parent = tmp_path / "data" / "raw"
+    assert not (raw_parent / "fashion_mnist").exists()
+    assert hidden_entries(raw_parent) == []
+
+
+def test_fetch_and_prepare_fashion_mnist_from_mirror(tmp_path, capsys, write_params, fake_fmnist):
+    f = write_params()
+    rc, out, err = run(capsys, f, "data", "fetch", "fashion_mnist")
+    assert rc == 0, err
+    raw = tmp_path / "data" / "raw" / "fashion_mnist"
+    assert out.strip() == str(raw)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FMNIST_NAMES)
+    rc, out, err = run(capsys, f, "data", "prepare")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "data" / "prepared" / "fashion_mnist").iterdir()) == ["meta.json", "test.npz", "train.npz"]
+
+
+# --- success path on digits ----------------------------------------------------------------
+def test_relative_paths_resolve_against_cwd(tmp_path, capsys, write_params):
+    def modify(p):
+        p["paths"] = {"data": "d", "results": "r"}
+
+    rc, out, err = run(capsys, write_params(modify), "data", "fetch", "digits")
+    assert rc == 0, err
+    assert (tmp_path / "d" / "raw" / "digits" / "digits.npz").exists()
+
+
+def test_raw_pixel_embed_and_eval(tmp_path, capsys, digits_params):
+    import yaml
+
+    params = yaml.safe_load(digits_params.read_text())
+    rc, out, err = run(capsys, digits_params, "embed", "--method", paths.RAW_PIXELS, "--threads", "1")
+    assert rc == 0, err
+    feats = paths.features_file(params, paths.RAW_PIXELS, 0)
+    assert out.strip() == str(feats) and feats.exists()
+    for protocol in ("knn", "cluster"):
+        rc, out, err = run(capsys, digits_params, "eval", protocol, "--method", paths.RAW_PIXELS, "--threads", "1")
+        assert rc == 0, err
+        m = json.loads(paths.metrics_file(params, paths.RAW_PIXELS, 0, protocol).read_text())
+        assert m["protocol"] == protocol and m["dataset"] == "digits" and m["num_train"] == 300
+    knn = json.loads(paths.metrics_file(params, paths.RAW_PIXELS, 0, "knn").read_text())["metrics"]
+    assert knn["k5_top1"] > 0.8  # raw pixels of digits are easy for k-NN
+    results = tmp_path / "results"
+    assert not [p for p in results.rglob(".*")]  # no temporary leftovers
+
+
+# --- entry point ----------------------------------------------------------------------------
+def _entry_point() -> Path:
+    exe = Path(sys.executable).parent / "clusterssl"
+    if not exe.exists():
+        pytest.skip("clusterssl entry point not installed next to this interpreter")
+    return exe
+
+
+def test_entry_point_help(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([str(_entry_point()), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for verb in ("data", "pretrain", "embed", "eval", "report"):
+        assert verb in r.stdout
+
+
+def test_entry_point_exit_status(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([str(_entry_point()), "--params", "missing.yaml", "data", "fetch"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert r.returncode == 2
+    assert "missing.yaml" in r.stderr and "Traceback" not in r.stderr

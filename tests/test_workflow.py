@@ -1,0 +1,130 @@
+"""The orchestration layer: dvc.yaml and the Snakemake DAG describe the same stages, and the
+whole DAG runs end to end on the `tiny` preset, under Snakemake and under DVC."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from clusterssl.stages import STAGE_PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def normalise(cmd: str) -> str:
+    """A verb invocation without the options that only one orchestrator passes."""
+    cmd = re.sub(r"\s*>\s*\S+\s+2>&1", "", cmd)
+    cmd = re.sub(r"--(params|threads|reference) \S+", "", cmd)
+    cmd = cmd.replace("--no-progress", "")
+    return " ".join(cmd.split())
+
+
+def snakemake_jobs(workdir: Path, configfile: Path, *extra: str) -> list[dict]:
+    """Jobs of a dry run: rule, outputs and shell command of each."""
+    out = subprocess.run(
+        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", workdir, "--configfile", configfile, "-n", "-p", "--cores", "2", *extra],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    jobs, job = [], None
+    for line in out.splitlines():
+        if m := re.match(r"^(local)?rule (\w+):", line):
+            job = {"rule": m.group(2), "output": [], "cmd": None}
+            jobs.append(job)
+        elif job is not None and (m := re.match(r"^\s+output: (.*)", line)):
+            job["output"] = [o.strip() for o in m.group(1).split(",")]
+        elif job is not None and line.startswith("Shell command: "):
+            cmd = line[len("Shell command: "):].strip()
+            job["cmd"] = None if cmd == "None" else cmd
+    return jobs
+
+
+def preset_in(tmp: Path, preset: str = "tiny", **overrides) -> Path:
+    params = yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text())
+    params["paths"] = {"data": str(tmp / "data"), "results": str(tmp / "results")}
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    f = tmp / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return f
+
+
+def test_dvc_stages_match_snakemake_dag(tmp_path):
+    from dvc.repo import Repo
+
+    snake = {
+        (normalise(j["cmd"]), frozenset(j["output"]))
+        for j in snakemake_jobs(ROOT, ROOT / "params.yaml", "--forceall")
+        if j["cmd"]
+    }
+    repo = Repo(str(ROOT))
+    dvc = set()
+    for stage in repo.index.stages:
+        dvc.add((normalise(stage.cmd), frozenset(str(Path(o.def_path)) for o in stage.outs)))
+        # each DVC stage lists exactly the params keys its verb reads
+        kind = stage.name.split("@")[0]
+        words = stage.cmd.split()
+        verb = words[1] if words[1] != "eval" else words[2]
+        method = words[words.index("--method") + 1] if "--method" in words else None
+        key = {"data": words[2] if words[1] == "data" else None}.get(verb, verb)
+        expected = {k.format(method=method) for k in STAGE_PARAMS[key]}
+        listed = {p for dep in stage.deps if hasattr(dep, "params") for p in dep.params}
+        assert listed == expected, f"dvc.yaml stage {stage.addressing} ({kind}) lists {sorted(listed)}, the verb reads {sorted(expected)}"
+    assert snake == dvc, f"only in Snakemake: {snake - dvc}\nonly in DVC: {dvc - snake}"
+
+
+@pytest.mark.e2e
+def test_snakemake_tiny_end_to_end(tmp_path):
+    params = preset_in(tmp_path)
+    subprocess.run(
+        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", params, "--cores", "2", "-q"],
+        check=True, capture_output=True, text=True,
+    )
+    report = tmp_path / "results" / "report"
+    for f in ["tables/main.csv", "tables/main.md", "figures/training_curves.png", "figures/embeddings.png", "index.md"]:
+        assert (report / f).stat().st_size > 0, f
+    table = pd.read_csv(report / "tables/main.csv")
+    assert list(table["method"]) == ["raw_pixels", "carl", "simclr"]
+    for col in ["linear_top1_mean", "knn200_top1_mean", "knn20_top1_mean", "kmeans_nmi_mean"]:
+        assert table[col].between(0, 100).all(), col
+    # raw pixels on digits are easy: the probe must learn something real
+    assert table.set_index("method").loc["raw_pixels", "linear_top1_mean"] > 80
+    assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
+
+    # changing pretrain.epochs re-runs pretraining and everything downstream, nothing upstream
+    preset_in(tmp_path, pretrain__epochs=3)
+    rerun = {j["rule"] for j in snakemake_jobs(tmp_path, params)} - {"all"}
+    assert rerun == {"pretrain", "embed", "evaluate", "report"}
+    jobs = [j for j in snakemake_jobs(tmp_path, params) if j["cmd"]]
+    assert not any("raw_pixels" in j["cmd"] for j in jobs), "raw-pixel stages do not depend on pretraining"
+
+
+@pytest.mark.e2e
+def test_dvc_repro_tiny_end_to_end(tmp_path):
+    for f in ["dvc.yaml", "reference/reported_numbers.csv"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / f, tmp_path / f)
+    params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    dvc("init", "--no-scm", "-q")
+    dvc("repro")
+    assert (tmp_path / "results/tiny/report/tables/main.csv").exists()
+    assert json.loads(dvc("status", "--json")) == {}
+
+    params["pretrain"]["epochs"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = {name.split("@")[0] for name in json.loads(dvc("status", "--json"))}
+    # pretrain changed (params); embed/evaluate/report are downstream and re-run when repro reaches them
+    assert changed == {"pretrain"}
+    out = dvc("repro")
+    ran = set(re.findall(r"Running stage '([^'@]+)", out))
+    assert ran == {"pretrain", "embed", "evaluate", "report"}, out

@@ -1,0 +1,38 @@
+rule fetch:
+    output:
+        directory(str(paths.raw_dir(config, "{dataset}"))),
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "fetch"),
+    log:
+        log_file("fetch/{dataset}"),
+    benchmark:
+        benchmark_file("fetch/{dataset}")
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} data fetch {wildcards.dataset} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        rules.fetch.output,
+    output:
+        [str(p) for p in paths.prepared_files(config, "{dataset}")],
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "prepare"),
+    log:
+        log_file("prepare/{dataset}"),
+    benchmark:
+        benchmark_file("prepare/{dataset}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} data prepare {wildcards.dataset} > {log} 2>&1"

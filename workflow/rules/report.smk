@@ -1,0 +1,35 @@
+rule report:
+    input:
+        metrics=[
+            str(paths.metrics_file(config, m, s, e))
+            for m in paths.evaluated_methods(config)
+            for s in config["seeds"]
+            for e in paths.EVALS
+        ],
+        runs=[
+            str(p)
+            for m in config["methods"]
+            for s in config["seeds"]
+            for p in paths.run_files(config, m, s)
+        ],
+        features=[
+            str(paths.features_file(config, m, config["seeds"][0]))
+            for m in paths.evaluated_methods(config)
+        ],
+        reference=f"{workflow.basedir}/reference/reported_numbers.csv",
+    output:
+        report_outputs(),
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "report"),
+    log:
+        log_file("report"),
+    benchmark:
+        benchmark_file("report")
+    threads: 2
+    resources:
+        mem_mb=4000,
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} report --reference {input.reference} > {log} 2>&1"
