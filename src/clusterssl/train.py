@@ -126,7 +126,9 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     total_steps = steps_per_epoch * tcfg["epochs"]
     base_lr = tcfg["lr"] * batch / 256
     opt = make_optimizer(model, tcfg, base_lr)
-    amp = tcfg["amp"] and device.type == "cuda"
+    # bf16 autocast: "auto" uses it on CUDA only (CPUs without bf16 units run it slower than
+    # fp32); "bf16" forces it anywhere, which is how the tests exercise the GPU code path on CPU
+    amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
     step_fn = torch.compile(model.training_step) if tcfg["compile"] else model.training_step
     aug = AugmentConfig.from_params(cfg["augment"])
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -144,6 +146,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["gen"].cpu())
             order_gen.set_state(state["order_gen"])
+            torch.set_rng_state(state["torch_rng"])
             history, start_epoch = state["history"], state["epoch"]
             print(f"resuming {out} from epoch {start_epoch}")
         else:
@@ -191,7 +194,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         print(json.dumps(history[-1]), flush=True)
         if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
             with atomic_path(resume_file) as tmp:
-                torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "order_gen": order_gen.get_state(), "history": history, "epoch": epoch + 1}, tmp)
+                torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}, tmp)
 
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "mean": mean.cpu(), "std": std.cpu()}, tmp)
