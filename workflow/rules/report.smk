@@ -17,6 +17,7 @@ rule report:
             for m in paths.evaluated_methods(config)
         ],
         reference=f"{workflow.basedir}/reference/reported_numbers.csv",
+        meta=str(paths.prepared_files(config, config["dataset"])[2]),
     output:
         report_outputs(),
     params:

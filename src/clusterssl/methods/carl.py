@@ -69,9 +69,9 @@ def carl_loss(student_logits: list[torch.Tensor], target_probs: list[torch.Tenso
 class PrototypeHead(nn.Module):
     """Projector, then cosine similarity to K weight-normalised prototypes."""
 
-    def __init__(self, feat_dim: int, hidden: int, out: int, num_prototypes: int):
+    def __init__(self, feat_dim: int, hidden: int, out: int, num_prototypes: int, layers: int = 2):
         super().__init__()
-        self.projector = mlp(feat_dim, hidden, out)
+        self.projector = mlp(feat_dim, hidden, out, layers=layers)
         self.prototypes = nn.utils.parametrizations.weight_norm(nn.Linear(out, num_prototypes, bias=False))
         # unit-norm rows: logits are cosine similarities
         self.prototypes.parametrizations.weight.original0.data.fill_(1.0)
@@ -100,7 +100,7 @@ class CARL(Method):
 
     def __init__(self, backbone, cfg, num_classes):
         super().__init__(backbone, cfg, num_classes)
-        self.head = PrototypeHead(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], cfg["num_prototypes"])
+        self.head = PrototypeHead(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], cfg["num_prototypes"], cfg["projector_layers"])
         self.teacher = EMATeacher(_Net(self.backbone, self.head), cfg["ema_momentum"]) if cfg["target"] == "ema" else None
 
     def random_blocks(self, device) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ class SimCLR(Method):
 
     def __init__(self, backbone, cfg, num_classes):
         super().__init__(backbone, cfg, num_classes)
-        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"])
+        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], layers=cfg["projector_layers"])
 
     def training_step(self, batch):
         z1, z2 = (self.projector(self.backbone(v)) for v in batch["views"])

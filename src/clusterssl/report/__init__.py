@@ -113,7 +113,8 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
         f = paths.features_file(params, m, params["seeds"][0])
         with np.load(f) as z:
             feats[m] = (z["test_features"], z["test_labels"])
-    embedding_figure(feats, out / "figures" / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=params["seeds"][0])
+    classes = read_json(paths.prepared_files(params, params["dataset"])[2])["classes"]
+    embedding_figure(feats, out / "figures" / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=params["seeds"][0], classes=classes)
 
     notes = "\n".join(f"- **{m}**: {get_method(m).provenance}." for m in params["methods"])
     seed0 = params["seeds"][0]

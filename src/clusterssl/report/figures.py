@@ -47,9 +47,9 @@ def embed_2d(x: np.ndarray, kind: str, seed: int) -> np.ndarray:
     return TSNE(n_components=2, init="pca", perplexity=min(30, len(x) // 4), random_state=seed).fit_transform(x)
 
 
-def embedding_figure(features: dict, path: Path, kind: str, samples: int, seed: int) -> None:
+def embedding_figure(features: dict, path: Path, kind: str, samples: int, seed: int, classes: list[str]) -> None:
     """2-D embedding (t-SNE or PCA) of a fixed random subset of test features, coloured by class."""
-    fig, axes = plt.subplots(1, len(features), figsize=(4 * len(features), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(features), figsize=(4 * len(features), 4.6), squeeze=False)
     for ax, (method, (x, y)) in zip(axes[0], features.items()):
         idx = np.random.default_rng(seed).permutation(len(y))[:samples]
         e = embed_2d(x[idx].astype(np.float32), kind, seed)
@@ -57,4 +57,8 @@ def embedding_figure(features: dict, path: Path, kind: str, samples: int, seed: 
         ax.set_title(method)
         ax.set_xticks([])
         ax.set_yticks([])
+    cmap = plt.get_cmap("tab10")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=c) for i, c in enumerate(classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 10), fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.12)
     _save(fig, path)
