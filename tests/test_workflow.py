@@ -3,6 +3,7 @@ whole DAG runs end to end on the `tiny` preset, under Snakemake and under DVC.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -114,7 +115,8 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
         shutil.copy(ROOT / f, tmp_path / f)
     params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     dvc("init", "--no-scm", "-q")
     dvc("repro")
     assert (tmp_path / "results/tiny/report/tables/main.csv").exists()
