@@ -81,3 +81,13 @@ def test_torch_compile_on_cpu(tiny):
     tiny["data"]["max_train"] = 128
     run = train.pretrain(tiny, "simclr", 0, threads=1, progress=False)
     assert pd.read_csv(run / "history.csv")["loss"].notna().all()
+
+
+def test_on_train_start_gets_features_of_the_untrained_encoder(tiny, monkeypatch):
+    from clusterssl.methods.simclr import SimCLR
+
+    seen = {}
+    monkeypatch.setattr(SimCLR, "on_train_start", lambda self, encode: seen.setdefault("f", encode()), raising=False)
+    tiny["pretrain"]["epochs"] = 1
+    train.pretrain(tiny, "simclr", 0, threads=1, progress=False)
+    assert seen["f"].shape == (256, 32)  # max_train images x the tiny backbone's feature width

@@ -152,10 +152,20 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         else:
             print(f"ignoring {resume_file}: it was made with different params")
 
-    model.on_train_start(lambda: None)
     norm = lambda v: ((v - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )
+
+    @torch.no_grad()
+    def encode_train_set() -> torch.Tensor:
+        was_training = model.backbone.training
+        model.backbone.eval()
+        feats = torch.cat([model.backbone(norm(images[i : i + 1024].float() / 255)) for i in range(0, len(images), 1024)])
+        model.backbone.train(was_training)
+        return feats
+
+    if start_epoch == 0:
+        model.on_train_start(encode_train_set)
     for epoch in range(start_epoch, tcfg["epochs"]):
         model.train()
         t0 = time.time()
