@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import paths
+from ..data import load_meta
 from ..io import UserError, read_json, write_text
 from .figures import embedding_figure, training_curves_figure
 
@@ -113,7 +114,7 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
         f = paths.features_file(params, m, params["seeds"][0])
         with np.load(f) as z:
             feats[m] = (z["test_features"], z["test_labels"])
-    classes = read_json(paths.prepared_files(params, params["dataset"])[2])["classes"]
+    classes = load_meta(paths.prepared_dir(params, params["dataset"]))["classes"]
     embedding_figure(feats, out / "figures" / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=params["seeds"][0], classes=classes)
 
     notes = "\n".join(f"- **{m}**: {get_method(m).provenance}." for m in params["methods"])
