@@ -291,7 +291,7 @@ def _backbone_grad(model):
 @pytest.mark.parametrize("target", ["ema", "stopgrad"])
 def test_carl_forward_backward(tiny_backbone, method_params, target):
     cfg = dict(method_params["carl"], target=target)
-    model = get_method("carl")(tiny_backbone(), cfg, 10)
+    model = get_method("carl")(tiny_backbone(), cfg, 10, 64)
     model.train()
     out = model.training_step(_batch())
     assert {"loss", "consistency", "entropy_kl"} <= set(out)
@@ -311,7 +311,7 @@ def test_carl_forward_backward(tiny_backbone, method_params, target):
 
 
 def test_carl_with_local_views(tiny_backbone, method_params):
-    model = get_method("carl")(tiny_backbone(), method_params["carl"], 10)
+    model = get_method("carl")(tiny_backbone(), method_params["carl"], 10, 64)
     batch = _batch()
     batch["local_views"] = [torch.randn(4, 1, 4, 4) for _ in range(2)]
     out = model.training_step(batch)
@@ -322,7 +322,7 @@ def test_carl_with_local_views(tiny_backbone, method_params):
 
 def test_carl_ema_teacher_follows_student(tiny_backbone, method_params):
     cfg = dict(method_params["carl"], target="ema")
-    model = get_method("carl")(tiny_backbone(), cfg, 10)
+    model = get_method("carl")(tiny_backbone(), cfg, 10, 64)
     opt = torch.optim.SGD([p for g in model.parameter_groups() for p in g["params"]], lr=0.1)
     teacher_before = [p.clone() for p in model.teacher.parameters()]
     model.training_step(_batch())["loss"].backward()
@@ -343,7 +343,7 @@ def test_carl_ema_teacher_follows_student(tiny_backbone, method_params):
 
 
 def test_simclr_forward_backward(tiny_backbone, method_params):
-    model = get_method("simclr")(tiny_backbone(), method_params["simclr"], 10)
+    model = get_method("simclr")(tiny_backbone(), method_params["simclr"], 10, 64)
     out = model.training_step(_batch())
     assert torch.isfinite(out["loss"])
     assert out["nt_xent"].item() == pytest.approx(out["loss"].item())

@@ -50,9 +50,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_method(cfg: dict, in_chans: int, num_classes: int) -> Method:
+def build_method(cfg: dict, in_chans: int, num_classes: int, num_train: int) -> Method:
     backbone = create_backbone(cfg["backbone"], in_chans)
-    return get_method(cfg["method"])(backbone, cfg["method_params"], num_classes)
+    return get_method(cfg["method"])(backbone, cfg["method_params"], num_classes, num_train)
 
 
 class LARS(torch.optim.Optimizer):
@@ -117,7 +117,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     mean = images.float().mean(dim=(0, 2, 3)) / 255
     std = images.float().std(dim=(0, 2, 3)) / 255
 
-    model = build_method(cfg, in_chans, num_classes).to(device)
+    model = build_method(cfg, in_chans, num_classes, len(images)).to(device)
     channels_last = tcfg["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -207,7 +207,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}, tmp)
 
     with atomic_path(out / "checkpoint.pt") as tmp:
-        torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "mean": mean.cpu(), "std": std.cpu()}, tmp)
+        torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "num_train": len(images), "mean": mean.cpu(), "std": std.cpu()}, tmp)
     with atomic_path(out / "history.csv") as tmp:
         keys = list(dict.fromkeys(k for row in history for k in row))
         with open(tmp, "w", newline="") as f:
@@ -225,7 +225,7 @@ def load_trained(checkpoint: Path, device: torch.device = torch.device("cpu")) -
         raise UserError(f"{checkpoint}: checkpoint not found; run `clusterssl pretrain` first")
     try:
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model = build_method(state["config"], state["in_chans"], state["num_classes"])
+        model = build_method(state["config"], state["in_chans"], state["num_classes"], state["num_train"])
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, EOFError) as exc:
         raise UserError(f"{checkpoint}: not a clusterssl checkpoint or made by another version ({exc}); delete it and pretrain again") from None

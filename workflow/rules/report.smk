@@ -8,7 +8,7 @@ rule report:
         ],
         runs=[
             str(p)
-            for m in config["methods"]
+            for m in paths.methods(config)
             for s in config["seeds"]
             for p in paths.run_files(config, m, s)
         ],

@@ -29,7 +29,7 @@ def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int |
         n_classes = int(np.unique(f["train_labels"]).size)
         result = {"kmeans": kmeans_clustering(f["test_features"], f["test_labels"], n_classes, cfg["cluster"]["n_init"], seed)}
         if "test_head_clusters" in f:
-            result["head"] = clustering_scores(f["test_labels"], f["test_head_clusters"])
+            result["head"] = {**clustering_scores(f["test_labels"], f["test_head_clusters"]), "clusters_used": int(np.unique(f["test_head_clusters"]).size)}
     else:
         raise ValueError(protocol)
     out = paths.metrics_file(params, method, seed, protocol)

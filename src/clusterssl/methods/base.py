@@ -32,7 +32,7 @@ def register(name: str):
 
 
 def get_method(name: str) -> type["Method"]:
-    from . import carl, simclr  # noqa: F401  (importing registers them)
+    from . import byol, cadc, carl, cc, coke, cueco, moco_v2, simclr, swav  # noqa: F401  (importing registers them)
 
     try:
         return REGISTRY[name]
@@ -46,11 +46,12 @@ class Method(nn.Module):
     #: one line each for the report: what follows the authors and what is assumed
     provenance = ""
 
-    def __init__(self, backbone: nn.Module, cfg: dict, num_classes: int):
+    def __init__(self, backbone: nn.Module, cfg: dict, num_classes: int, num_train: int):
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
         self.num_classes = num_classes
+        self.num_train = num_train  # size of the training set: per-instance buffers index into it
         self.feat_dim = backbone.num_features
 
     # --- hooks called by the training loop -------------------------------------------------

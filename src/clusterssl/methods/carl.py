@@ -20,15 +20,13 @@ What follows the paper / authors' code, and what is assumed (METHODS.md):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..augment import ViewSpec
 from .base import Method, register
-from .common import EMATeacher, mlp
+from .common import EMATeacher, kl_to_uniform, mlp
 
 
 def consistency_loss(student_logp: torch.Tensor, target_p: torch.Tensor) -> torch.Tensor:
@@ -40,12 +38,7 @@ def consistency_loss(student_logp: torch.Tensor, target_p: torch.Tensor) -> torc
     return -torch.logsumexp(student_logp + torch.log(target_p.clamp_min(1e-12)), dim=-1).mean()
 
 
-def entropy_regulariser(probs: torch.Tensor) -> torch.Tensor:
-    """KL(pbar || uniform) = log K + sum_k pbar_k log pbar_k on the batch-mean assignment pbar
-    (batch = first dimension, prototypes = last; averaged over any blocks in between):
-    0 when prototypes are used uniformly, log K when every sample picks the same one."""
-    pbar = probs.mean(dim=0)
-    return (math.log(probs.shape[-1]) + (pbar * torch.log(pbar.clamp_min(1e-12))).sum(dim=-1)).mean()
+entropy_regulariser = kl_to_uniform  # CARL's collapse regulariser, shared with CC
 
 
 def partition(logits: torch.Tensor, blocks: torch.Tensor | None) -> torch.Tensor:
@@ -98,8 +91,8 @@ class CARL(Method):
         "EMA/stop-grad target, K and temperatures"
     )
 
-    def __init__(self, backbone, cfg, num_classes):
-        super().__init__(backbone, cfg, num_classes)
+    def __init__(self, backbone, cfg, num_classes, num_train):
+        super().__init__(backbone, cfg, num_classes, num_train)
         self.head = PrototypeHead(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], cfg["num_prototypes"], cfg["projector_layers"])
         self.teacher = EMATeacher(_Net(self.backbone, self.head), cfg["ema_momentum"]) if cfg["target"] == "ema" else None
 
@@ -126,6 +119,10 @@ class CARL(Method):
     def after_optimizer_step(self, progress):
         if self.teacher is not None:
             self.teacher.update(_Net(self.backbone, self.head), progress)
+
+    def cluster_logits(self, features):
+        """Each image's nearest prototype (K clusters, usually many more than classes)."""
+        return self.head(features)
 
     def eval_encoder(self):
         if self.teacher is not None and self.cfg.get("eval_teacher", False):

@@ -1,4 +1,5 @@
-"""Pieces shared by several methods: projector MLP, EMA teacher, NT-Xent, Sinkhorn, queue."""
+"""Pieces shared by several methods: projector MLP, EMA teacher, NT-Xent, InfoNCE with a key
+queue, KL-to-uniform, Sinkhorn, queue."""
 from __future__ import annotations
 
 import copy
@@ -9,12 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
-    """Projector / predictor MLP: (Linear-BN-ReLU) x (layers-1), then Linear (optionally BN)."""
+def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = False, bn: bool = True) -> nn.Sequential:
+    """Projector / predictor MLP: (Linear-BN-ReLU) x (layers-1), then Linear (optionally BN).
+    `bn=False` drops the hidden BatchNorms (Contrastive Clustering's heads have none)."""
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        mods += [nn.Linear(d, hidden, bias=not bn), *([nn.BatchNorm1d(hidden)] if bn else []), nn.ReLU(inplace=True)]
         d = hidden
     mods.append(nn.Linear(d, out, bias=not last_bn))
     if last_bn:
@@ -61,6 +63,25 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     sim.fill_diagonal_(float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, targets)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE (MoCo): query q_i's positive is key k_i (no gradient), its negatives are the
+    queued keys. Inputs need not be normalised."""
+    q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+    pos = (q * k).sum(dim=1, keepdim=True)
+    neg = q @ F.normalize(queue.detach(), dim=1).t()
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def kl_to_uniform(probs: torch.Tensor) -> torch.Tensor:
+    """KL(pbar || uniform) = log K + sum_k pbar_k log pbar_k on the batch-mean assignment pbar
+    (batch = first dimension, clusters = last; averaged over any dimensions in between):
+    0 when clusters are used uniformly, log K when every sample picks the same one. CARL's
+    collapse regulariser and Contrastive Clustering's entropy term."""
+    pbar = probs.mean(dim=0)
+    return (math.log(probs.shape[-1]) + (pbar * torch.log(pbar.clamp_min(1e-12))).sum(dim=-1)).mean()
 
 
 @torch.no_grad()

@@ -12,8 +12,8 @@ from .common import mlp, nt_xent
 class SimCLR(Method):
     provenance = "paper: NT-Xent over 2N views; settings from solo-learn's CIFAR config"
 
-    def __init__(self, backbone, cfg, num_classes):
-        super().__init__(backbone, cfg, num_classes)
+    def __init__(self, backbone, cfg, num_classes, num_train):
+        super().__init__(backbone, cfg, num_classes, num_train)
         self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], layers=cfg["projector_layers"])
 
     def training_step(self, batch):

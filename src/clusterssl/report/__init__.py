@@ -20,6 +20,11 @@ COLUMNS = [
     ("kmeans_acc", "cluster", ("kmeans", "acc"), False),
     ("kmeans_nmi", "cluster", ("kmeans", "nmi"), False),
     ("kmeans_ari", "cluster", ("kmeans", "ari"), False),
+    # the method's own cluster head (CC, CADC, CoKe's first head, CARL's prototypes), where it has one
+    ("head_acc", "cluster", ("head", "acc"), False),
+    ("head_nmi", "cluster", ("head", "nmi"), False),
+    ("head_ari", "cluster", ("head", "ari"), False),
+    ("head_clusters", "cluster", ("head", "clusters_used"), None),
 ]
 DEFAULT_REFERENCE = Path("reference/reported_numbers.csv")
 
@@ -63,7 +68,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
-    header = ["method", "seeds", "linear top-1 %", "k-NN k=200 %", "k-NN k=20 %", "k-means ACC", "k-means NMI", "k-means ARI", "pretrain min"]
+    header = ["method", "seeds", "linear top-1 %", "k-NN k=200 %", "k-NN k=20 %", "k-means ACC", "k-means NMI", "k-means ARI",
+              "head ACC", "head NMI", "head ARI", "head clusters used", "pretrain min"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in summary.iterrows():
         cells = [r["method"], str(int(r["seeds"]))]
@@ -72,7 +78,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
             if pd.isna(m):
                 cells.append("–")
                 continue
-            fmt = "{:.2f}" if pct else "{:.3f}"
+            fmt = "{:.2f}" if pct else "{:.3f}" if pct is False else "{:.0f}"
             cells.append(fmt.format(m) + (f" ± {fmt.format(s)}" if r["seeds"] > 1 else ""))
         pm = r.get("pretrain_minutes_mean")
         cells.append("–" if pm is None or pd.isna(pm) else f"{pm:.1f}")
@@ -107,7 +113,7 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     main_md = to_markdown(summary)
     write_text(tables / "main.md", main_md)
 
-    histories = {m: [pd.read_csv(paths.run_files(params, m, s)[1]) for s in params["seeds"]] for m in params["methods"]}
+    histories = {m: [pd.read_csv(paths.run_files(params, m, s)[1]) for s in params["seeds"]] for m in paths.methods(params)}
     training_curves_figure(histories, out / "figures" / "training_curves.png")
     feats = {}
     for m in paths.evaluated_methods(params):
@@ -117,9 +123,9 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     classes = load_meta(paths.prepared_dir(params, params["dataset"]))["classes"]
     embedding_figure(feats, out / "figures" / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=params["seeds"][0], classes=classes)
 
-    notes = "\n".join(f"- **{m}**: {get_method(m).provenance}." for m in params["methods"])
+    notes = "\n".join(f"- **{m}**: {get_method(m).provenance}." for m in paths.methods(params))
     seed0 = params["seeds"][0]
-    runs_cfg = {m: read_json(paths.run_files(params, m, seed0)[2]) for m in params["methods"]}
+    runs_cfg = {m: read_json(paths.run_files(params, m, seed0)[2]) for m in paths.methods(params)}
     setup = "\n".join(
         f"- **{m}**: `{c['backbone']['name']}` layers {c['backbone']['layers']}, channels {c['backbone']['channels']}, "
         f"stem `{c['backbone']['stem']}`; {c['pretrain']['epochs']} epochs, batch {c['pretrain']['batch_size']}, "
@@ -137,6 +143,10 @@ Frozen-encoder evaluations on the {params['dataset']} test set ({protocols['line
 - k-NN: weighted vote (cosine similarity, weights exp(s / T)), settings {protocols['knn']['settings']}.
 - k-means: K = number of classes on L2-normalised test features; ACC via Hungarian matching;
   settings {protocols['cluster']['settings']}.
+- head: the method's own clusters (argmax of its cluster head) on the test images, where it has
+  one: CC, CADC and CoKe's first head have one cluster per class; CARL's head is its K prototypes,
+  so its ACC counts only the best-matched 10 prototypes and its NMI is not comparable with K = 10.
+  "clusters used" is how many distinct clusters the test images fall into.
 
 Pretraining runs:
 {setup}

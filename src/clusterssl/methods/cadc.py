@@ -1,0 +1,84 @@
+"""CADC — Cluster Analysis with Deep Embeddings and Contrastive Learning (arXiv 2109.12714).
+
+Three views per image: the clean (un-augmented) image x and two augmented views.
+- Instance loss: NT-Xent between the two augmented views' projections (tau 0.5).
+- Learnable centres mu (K x dim(h)) in backbone-feature space, initialised by k-means on the
+  features of the untrained backbone; soft assignment by a Student-t kernel (DEC):
+  q_ik ~ (1 + ||h_i - mu_k||^2)^-1.
+- Clustering loss: KL(P || Q) on the clean view, with the detached, sharpened DEC target
+  p_ik ~ q_ik^2 / f_k (f_k = sum_i q_ik).
+- Anchor loss: KL(q(x) || q(x_aug)) for both augmented views, q(x) detached.
+L = L_ins + L_clu + L_anchor.
+
+[code] as listed above; K = number of classes and the cluster of an image is argmax_k q_ik.
+[assumed] the projector size (scaled down) and the k-means initialisation's n_init (3)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..augment import ViewSpec
+from .base import Method, register
+from .common import mlp, nt_xent
+
+
+def student_t_assignment(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """DEC soft assignment q_ik = (1 + ||h_i - mu_k||^2)^-1, normalised over k."""
+    q = 1.0 / (1.0 + torch.cdist(h, centres).pow(2))
+    return q / q.sum(dim=1, keepdim=True)
+
+
+def dec_target(q: torch.Tensor) -> torch.Tensor:
+    """DEC's sharpened target p_ik = (q_ik^2 / f_k) / sum_k' (q_ik'^2 / f_k'), f_k = sum_i q_ik;
+    detached."""
+    q = q.detach()
+    w = q.pow(2) / q.sum(dim=0)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) summed over clusters, averaged over the batch."""
+    return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(dim=1).mean()
+
+
+def cadc_loss(q_clean: torch.Tensor, q_augs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Clustering loss KL(P || Q_clean) and anchor loss sum_v KL(sg(Q_clean) || Q_aug_v)."""
+    clu = kl(dec_target(q_clean), q_clean)
+    anchor = sum(kl(q_clean.detach(), q) for q in q_augs)
+    return {"clustering": clu, "anchor": anchor}
+
+
+@register("cadc")
+class CADC(Method):
+    view_spec = ViewSpec(global_views=2, clean=True)
+    provenance = (
+        "code: NT-Xent on two views + DEC clustering KL on the clean view + anchor KL, centres from k-means "
+        "on the untrained backbone; assumed: projector size, k-means n_init"
+    )
+
+    def __init__(self, backbone, cfg, num_classes, num_train):
+        super().__init__(backbone, cfg, num_classes, num_train)
+        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], layers=cfg["projector_layers"])
+        self.centres = nn.Parameter(torch.zeros(cfg["num_clusters"] or num_classes, self.feat_dim))
+
+    def on_train_start(self, encode_train_set):
+        from sklearn.cluster import KMeans
+
+        feats = encode_train_set().float().cpu().numpy()
+        km = KMeans(len(self.centres), n_init=3, random_state=0).fit(feats)
+        with torch.no_grad():
+            self.centres.copy_(torch.from_numpy(km.cluster_centers_.astype(np.float32)))
+
+    def training_step(self, batch):
+        h_clean = self.backbone(batch["clean"])
+        h1, h2 = (self.backbone(v) for v in batch["views"])
+        ins = nt_xent(self.projector(h1), self.projector(h2), self.cfg["temperature"])
+        q = [student_t_assignment(h.float(), self.centres) for h in (h_clean, h1, h2)]
+        terms = cadc_loss(q[0], q[1:])
+        loss = ins + terms["clustering"] + terms["anchor"]
+        return {"loss": loss, "instance": ins.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def cluster_logits(self, features):
+        return torch.log(student_t_assignment(features.float(), self.centres))

@@ -1,0 +1,49 @@
+"""Contrastive Clustering (Li et al., AAAI 2021, arXiv 2009.09687).
+
+Two heads on the backbone: an instance head (NT-Xent over the 2N views, tau_I) and a cluster
+head that maps each image to a softmax over M clusters. The cluster-level loss contrasts the
+M columns of the two views' N x M assignment matrices (NT-Xent over 2M cluster vectors, cosine
+similarity, tau_C) and adds, for each view, log M + sum_k P(k) log P(k) (KL of the cluster
+usage to uniform) so that no cluster is empty.
+
+[code] heads are Linear-ReLU-Linear without BatchNorm, tau_I = 0.5, tau_C = 1.0, M = number of
+classes; the cluster of an image is the argmax of the cluster head. Nothing assumed beyond the
+scaled-down head width."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, register
+from .common import kl_to_uniform, mlp, nt_xent
+
+
+def cc_cluster_loss(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """Cluster-level contrast between the columns of two N x M assignment matrices, plus the
+    KL-to-uniform of each view's cluster usage."""
+    contrast = nt_xent(p1.t(), p2.t(), temperature)
+    balance = kl_to_uniform(p1) + kl_to_uniform(p2)
+    return {"cluster_contrast": contrast, "cluster_balance": balance}
+
+
+@register("cc")
+class ContrastiveClustering(Method):
+    provenance = "code: instance NT-Xent + cluster-column NT-Xent + entropy, heads without BN, tau 0.5 / 1.0"
+
+    def __init__(self, backbone, cfg, num_classes, num_train):
+        super().__init__(backbone, cfg, num_classes, num_train)
+        hidden = cfg["projector_hidden"]
+        self.num_clusters = cfg["num_clusters"] or num_classes
+        self.instance_head = mlp(self.feat_dim, hidden, cfg["projector_out"], bn=False)
+        self.cluster_head = mlp(self.feat_dim, hidden, self.num_clusters, bn=False)
+
+    def training_step(self, batch):
+        h1, h2 = (self.backbone(v) for v in batch["views"])
+        ins = nt_xent(self.instance_head(h1), self.instance_head(h2), self.cfg["instance_temperature"])
+        p1, p2 = (F.softmax(self.cluster_head(h), dim=1) for h in (h1, h2))
+        clu = cc_cluster_loss(p1, p2, self.cfg["cluster_temperature"])
+        loss = ins + clu["cluster_contrast"] + clu["cluster_balance"]
+        return {"loss": loss, "instance": ins.detach(), **{k: v.detach() for k, v in clu.items()}}
+
+    def cluster_logits(self, features):
+        return self.cluster_head(features)

@@ -1,0 +1,54 @@
+"""MoCo v2 (Chen et al., 2020, arXiv 2003.04297): InfoNCE between a query and the key an EMA
+key encoder gives for another view of the same image, against a queue of earlier keys.
+
+Follows the paper; settings from solo-learn's CIFAR config (tau 0.2, EMA 0.99 -> 1 with a
+cosine schedule, symmetrised over the two views, both views' keys queued, the queue
+starting full of random unit keys). Single-device runs
+need no shuffle-BN (it hides cross-GPU batch statistics); this is solo-learn's choice too."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Method, register
+from .common import EMATeacher, Queue, info_nce, mlp
+
+
+@register("moco_v2")
+class MoCoV2(Method):
+    provenance = "paper: InfoNCE with an EMA key encoder and a key queue; settings from solo-learn's CIFAR config"
+
+    def __init__(self, backbone, cfg, num_classes, num_train):
+        super().__init__(backbone, cfg, num_classes, num_train)
+        out = cfg["projector_out"]
+        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], out, layers=cfg["projector_layers"])
+        self.key_encoder = EMATeacher(self.query_encoder(), cfg["ema_momentum"])
+        self.queue = Queue(cfg["queue_size"], out)
+        self.queue.push(F.normalize(torch.randn(cfg["queue_size"], out), dim=1))  # random keys at first, as in MoCo
+
+    def query_encoder(self) -> nn.Module:
+        return nn.Sequential(self.backbone, self.projector)
+
+    def queries_and_keys(self, views):
+        net = self.query_encoder()
+        queries = [net(v) for v in views]
+        with torch.no_grad():
+            keys = [self.key_encoder(v) for v in views]
+        return queries, keys
+
+    def contrastive(self, queries, keys) -> torch.Tensor:
+        """Symmetrised InfoNCE against the queue as it was before this batch; then this batch's
+        keys are queued."""
+        (q1, q2), (k1, k2) = queries, keys
+        negatives = self.queue.get()
+        loss = (info_nce(q1, k2, negatives, self.cfg["temperature"]) + info_nce(q2, k1, negatives, self.cfg["temperature"])) / 2
+        self.queue.push(torch.cat([k1, k2]))
+        return loss
+
+    def training_step(self, batch):
+        loss = self.contrastive(*self.queries_and_keys(batch["views"]))
+        return {"loss": loss, "info_nce": loss.detach()}
+
+    def after_optimizer_step(self, progress):
+        self.key_encoder.update(self.query_encoder(), progress)

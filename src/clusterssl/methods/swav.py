@@ -1,0 +1,74 @@
+"""SwAV (Caron et al., NeurIPS 2020): swapped prediction of Sinkhorn-Knopp codes.
+
+Each view's projection (unit norm) is scored against K unit-norm prototypes; Sinkhorn-Knopp
+turns one view's scores into equipartitioned codes q, and the other view must predict them:
+L = -sum_k q_k log softmax(z . C / tau)_k, averaged over the view pairs.
+
+Follows the paper; settings from solo-learn's CIFAR config: eps 0.05, 3 Sinkhorn iterations,
+tau 0.1, prototypes renormalised after every step and frozen (no gradient) for the first
+`freeze_prototypes_epochs`, an optional queue of earlier projections that joins the Sinkhorn
+batch once full (`queue_size: 0` turns it off). K is scaled down on small data (3000 on
+ImageNet-scale data). Multi-crop local views, when configured, predict the global views' codes."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..augment import ViewSpec
+from .base import Method, register
+from .common import Queue, mlp, sinkhorn
+
+
+def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Mean over every (code view j, predicting view i != j) of the cross-entropy between the
+    codes of view j and the softmax of view i's scores. `codes` cover the first len(codes)
+    views (the global ones); `scores` may include more (local views)."""
+    logps = [F.log_softmax(s / temperature, dim=1) for s in scores]
+    terms = [-(codes[j].detach() * logps[i]).sum(dim=1).mean() for j in range(len(codes)) for i in range(len(logps)) if i != j]
+    return sum(terms) / len(terms)
+
+
+@register("swav")
+class SwAV(Method):
+    view_spec = ViewSpec(global_views=2, local_views=-1)
+    provenance = "paper: swapped prediction of Sinkhorn codes; settings from solo-learn's CIFAR config"
+
+    def __init__(self, backbone, cfg, num_classes, num_train):
+        super().__init__(backbone, cfg, num_classes, num_train)
+        out = cfg["projector_out"]
+        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], out, layers=cfg["projector_layers"])
+        self.prototypes = nn.Linear(out, cfg["num_prototypes"], bias=False)
+        self.normalize_prototypes()
+        self.queues = nn.ModuleList(Queue(cfg["queue_size"], out) for _ in range(2)) if cfg["queue_size"] else None
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def training_step(self, batch):
+        views = batch["views"] + batch.get("local_views", [])
+        z = [F.normalize(self.projector(self.backbone(v)), dim=1) for v in views]
+        weight = self.prototypes.weight
+        if self.epochs_done < self.cfg["freeze_prototypes_epochs"]:
+            weight = weight.detach()
+        scores = [zi @ weight.t() for zi in z]
+        codes = []
+        with torch.no_grad():
+            for j in range(2):
+                s = scores[j].detach()
+                if self.queues is not None and self.queues[j].filled == len(self.queues[j].items):
+                    s = torch.cat([s, self.queues[j].get() @ weight.t()])
+                codes.append(sinkhorn(s, self.cfg["sinkhorn_epsilon"], self.cfg["sinkhorn_iterations"])[: len(z[j])])
+            if self.queues is not None:
+                for j in range(2):
+                    self.queues[j].push(z[j])
+        loss = swapped_prediction_loss(scores, codes, self.cfg["temperature"])
+        return {"loss": loss, "swapped_prediction": loss.detach()}
+
+    def after_optimizer_step(self, progress):
+        self.normalize_prototypes()
+
+    def on_epoch_end(self, epoch):
+        self.epochs_done += 1
