@@ -169,3 +169,20 @@ def test_kmeans_recovers_separated_blobs():
     assert res["acc"] == 1.0
     assert res["nmi"] == pytest.approx(1.0)
     assert res["ari"] == pytest.approx(1.0)
+
+
+def test_select_and_probe_chooses_lr_on_validation_not_test():
+    from clusterssl.evaluate.protocols import select_and_probe
+
+    g = np.random.default_rng(0)
+    centres = g.normal(size=(3, 5)) * 4
+    ytr, yte = g.integers(0, 3, 300), g.integers(0, 3, 90)
+    xtr, xte = centres[ytr] + g.normal(size=(300, 5)), centres[yte] + g.normal(size=(90, 5))
+    res = select_and_probe(xtr, ytr, xte, yte, epochs=5, lrs=[1e-7, 0.1], weight_decay=0.0, batch_size=32, seed=0, val_fraction=0.2)
+    assert res["lr"] == 0.1 and res["top1"] > 0.9
+    assert set(res["val_top1"]) == {"1e-07", "0.1"} and res["val_top1"]["0.1"] > res["val_top1"]["1e-07"]
+    # the choice never sees the test labels
+    shuffled = select_and_probe(xtr, ytr, xte, g.permutation(yte), epochs=5, lrs=[1e-7, 0.1], weight_decay=0.0, batch_size=32, seed=0, val_fraction=0.2)
+    assert shuffled["lr"] == 0.1 and shuffled["val_top1"] == res["val_top1"]
+    single = select_and_probe(xtr, ytr, xte, yte, epochs=5, lrs=[0.1], weight_decay=0.0, batch_size=32, seed=0, val_fraction=0.2)
+    assert single["val_top1"] == {} and single["top1"] == pytest.approx(res["top1"])

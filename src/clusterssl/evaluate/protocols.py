@@ -7,6 +7,24 @@ import torch.nn.functional as F
 from .metrics import clustering_scores
 
 
+def select_and_probe(train_x, train_y, test_x, test_y, epochs: int, lrs: list[float], weight_decay: float, batch_size: int, seed: int, val_fraction: float) -> dict:
+    """The linear-probe protocol: each learning rate in `lrs` is fitted on the train features
+    minus a seeded, held-out `val_fraction`; the one with the best validation top-1 is refitted
+    on all train features and scored on the test set. A single fixed rate underfits some
+    features and overfits others (raw pixels), so the rate is chosen per encoder, never on test."""
+    train_x, train_y = np.asarray(train_x), np.asarray(train_y)
+    val_acc = {}
+    if len(lrs) > 1:
+        perm = np.random.default_rng(seed).permutation(len(train_x))
+        n_val = max(1, int(round(val_fraction * len(train_x))))
+        val, fit = perm[:n_val], perm[n_val:]
+        for lr in lrs:
+            val_acc[lr] = linear_probe(train_x[fit], train_y[fit], train_x[val], train_y[val], epochs, lr, weight_decay, batch_size, seed)["top1"]
+    best = max(lrs, key=lambda lr: val_acc.get(lr, 0.0))
+    result = linear_probe(train_x, train_y, test_x, test_y, epochs, best, weight_decay, batch_size, seed)
+    return {**result, "lr": best, "val_top1": {str(k): v for k, v in val_acc.items()}}
+
+
 def linear_probe(train_x, train_y, test_x, test_y, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int) -> dict:
     """One linear layer on standardised frozen features, AdamW with cosine decay; test top-1."""
     g = torch.Generator().manual_seed(seed)

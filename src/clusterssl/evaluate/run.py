@@ -11,7 +11,7 @@ from .. import paths
 from ..io import write_json
 from .features import load_features
 from .metrics import clustering_scores
-from .protocols import kmeans_clustering, knn, linear_probe
+from .protocols import kmeans_clustering, knn, select_and_probe
 
 
 def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int | None = None) -> Path:
@@ -22,7 +22,7 @@ def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int |
     t0 = time.time()
     if protocol == "linear":
         c = cfg["linear"]
-        result = linear_probe(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], c["epochs"], c["lr"], c["weight_decay"], c["batch_size"], seed)
+        result = select_and_probe(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], c["epochs"], c["lr"], c["weight_decay"], c["batch_size"], seed, c["val_fraction"])
     elif protocol == "knn":
         result = knn(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], cfg["knn"]["k"], cfg["knn"]["temperature"])
     elif protocol == "cluster":
