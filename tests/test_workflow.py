@@ -51,8 +51,11 @@ def preset_in(tmp: Path, preset: str = "tiny", **overrides) -> Path:
     params = yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text())
     params["paths"] = {"data": str(tmp / "data"), "results": str(tmp / "results")}
     for key, value in overrides.items():
-        section, name = key.split("__")
-        params[section][name] = value
+        if "__" in key:
+            section, name = key.split("__")
+            params[section][name] = value
+        else:
+            params[key] = value
     f = tmp / "params.yaml"
     f.write_text(yaml.safe_dump(params))
     return f
@@ -80,6 +83,56 @@ def test_dvc_stages_match_snakemake_dag(tmp_path):
         listed = {p for dep in stage.deps if hasattr(dep, "params") for p in dep.params}
         assert listed == expected, f"dvc.yaml stage {stage.addressing} ({kind}) lists {sorted(listed)}, the verb reads {sorted(expected)}"
     assert snake == dvc, f"only in Snakemake: {snake - dvc}\nonly in DVC: {dvc - snake}"
+
+
+def test_methods_all_puts_every_method_in_the_dag(tmp_path):
+    from clusterssl.paths import ALL_METHODS
+
+    jobs = snakemake_jobs(tmp_path, preset_in(tmp_path, methods="all"))
+    trained = sorted(re.search(r"--method (\S+)", j["cmd"]).group(1) for j in jobs if j["rule"] == "pretrain")
+    assert trained == sorted(ALL_METHODS)
+    evaluated = [j for j in jobs if j["rule"] == "evaluate"]
+    assert len(evaluated) == 3 * (len(ALL_METHODS) + 1)  # three protocols, every method and raw pixels
+
+
+def test_fmnist_all_preset_is_the_default_with_every_method():
+    from clusterssl.config import load_params
+    from clusterssl.paths import ALL_METHODS
+
+    default, every = load_params(ROOT / "params.yaml"), load_params(ROOT / "config/presets/fmnist-all.yaml")
+    assert sorted(every.pop("methods")) == sorted(ALL_METHODS)
+    default.pop("methods")
+    assert every.pop("paths")["results"] != default.pop("paths")["results"]
+    assert every == default, "fmnist-all must give each method the default preset's budget and settings"
+
+
+@pytest.mark.e2e
+def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
+    """Each registered method through pretrain -> embed -> every evaluation -> report (the
+    verbs in-process, on the tiny preset; Snakemake runs the same verbs in the test below)."""
+    from clusterssl.cli import main
+    from clusterssl.paths import ALL_METHODS, EVALS, RAW_PIXELS
+
+    monkeypatch.chdir(tmp_path)
+    params = preset_in(tmp_path, methods="all", pretrain__epochs=1)
+    run = lambda *argv: main(["--params", str(params), *argv])
+    assert run("data", "fetch", "digits") == 0 and run("data", "prepare", "digits") == 0
+    for method in [RAW_PIXELS, *ALL_METHODS]:
+        if method != RAW_PIXELS:
+            assert run("pretrain", "--method", method, "--no-progress") == 0, method
+        assert run("embed", "--method", method) == 0, method
+        for protocol in EVALS:
+            assert run("eval", protocol, "--method", method) == 0, (method, protocol)
+    assert run("report", "--reference", str(ROOT / "reference/reported_numbers.csv")) == 0
+    capsys.readouterr()
+    table = pd.read_csv(tmp_path / "results/report/tables/main.csv").set_index("method")
+    assert list(table.index) == [RAW_PIXELS, *ALL_METHODS]
+    assert table["linear_top1_mean"].notna().all() and table["kmeans_nmi_mean"].notna().all()
+    with_head = {"carl", "cc", "cadc", "coke"}
+    assert set(table.index[table["head_nmi_mean"].notna()]) == with_head
+    assert (table.loc[["cc", "cadc", "coke"], "head_clusters_mean"] <= 10).all()
+    index = (tmp_path / "results/report/index.md").read_text()
+    assert "CueCo-style" in index and all(f"**{m}**" in index for m in ALL_METHODS)
 
 
 @pytest.mark.e2e

@@ -54,6 +54,13 @@ class Method(nn.Module):
         self.num_train = num_train  # size of the training set: per-instance buffers index into it
         self.feat_dim = backbone.num_features
 
+    def make_projector(self, **kwargs) -> nn.Module:
+        """The projector MLP from the method's `projector_{layers,hidden,out}` params."""
+        from .common import mlp
+
+        c = self.cfg
+        return mlp(self.feat_dim, c["projector_hidden"], c["projector_out"], layers=c["projector_layers"], **kwargs)
+
     # --- hooks called by the training loop -------------------------------------------------
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

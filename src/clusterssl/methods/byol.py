@@ -25,7 +25,7 @@ class BYOL(Method):
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
         out = cfg["projector_out"]
-        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], out, layers=cfg["projector_layers"])
+        self.projector = self.make_projector()
         self.predictor = mlp(out, cfg["predictor_hidden"], out)
         self.target = EMATeacher(self.online(), cfg["ema_momentum"])
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..augment import ViewSpec
 from .base import Method, register
-from .common import mlp, nt_xent
+from .common import nt_xent
 
 
 def student_t_assignment(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class CADC(Method):
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
-        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], layers=cfg["projector_layers"])
+        self.projector = self.make_projector()
         self.centres = nn.Parameter(torch.zeros(cfg["num_clusters"] or num_classes, self.feat_dim))
 
     def on_train_start(self, encode_train_set):

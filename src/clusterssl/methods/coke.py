@@ -84,7 +84,7 @@ class CoKe(Method):
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
         out, hidden = cfg["projector_out"], cfg["projector_hidden"]
-        self.projector = mlp(self.feat_dim, hidden, out, layers=cfg["projector_layers"], last_bn=True)
+        self.projector = self.make_projector(last_bn=True)
         self.predictor = mlp(out, hidden, out)
         ks = [k or num_classes for k in cfg["num_clusters"]]
         self.heads = nn.ModuleList(ConstrainedKMeans(out, k, num_train, cfg["dual_lr"], cfg["min_cluster_fraction"]) for k in ks)

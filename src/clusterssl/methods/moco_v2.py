@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Method, register
-from .common import EMATeacher, Queue, info_nce, mlp
+from .common import EMATeacher, Queue, info_nce
 
 
 @register("moco_v2")
@@ -22,7 +22,7 @@ class MoCoV2(Method):
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
         out = cfg["projector_out"]
-        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], out, layers=cfg["projector_layers"])
+        self.projector = self.make_projector()
         self.key_encoder = EMATeacher(self.query_encoder(), cfg["ema_momentum"])
         self.queue = Queue(cfg["queue_size"], out)
         self.queue.push(F.normalize(torch.randn(cfg["queue_size"], out), dim=1))  # random keys at first, as in MoCo

@@ -5,7 +5,7 @@ scaled down in small presets). Nothing assumed."""
 from __future__ import annotations
 
 from .base import Method, register
-from .common import mlp, nt_xent
+from .common import nt_xent
 
 
 @register("simclr")
@@ -14,7 +14,7 @@ class SimCLR(Method):
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
-        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], cfg["projector_out"], layers=cfg["projector_layers"])
+        self.projector = self.make_projector()
 
     def training_step(self, batch):
         z1, z2 = (self.projector(self.backbone(v)) for v in batch["views"])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..augment import ViewSpec
 from .base import Method, register
-from .common import Queue, mlp, sinkhorn
+from .common import Queue, sinkhorn
 
 
 def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
@@ -37,7 +37,7 @@ class SwAV(Method):
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
         out = cfg["projector_out"]
-        self.projector = mlp(self.feat_dim, cfg["projector_hidden"], out, layers=cfg["projector_layers"])
+        self.projector = self.make_projector()
         self.prototypes = nn.Linear(out, cfg["num_prototypes"], bias=False)
         self.normalize_prototypes()
         self.queues = nn.ModuleList(Queue(cfg["queue_size"], out) for _ in range(2)) if cfg["queue_size"] else None
