@@ -139,7 +139,8 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
 Frozen-encoder evaluations on the {params['dataset']} test set ({protocols['linear']['num_test']} images);
 `raw_pixels` runs the same protocols on flattened pixels (no learning). Seeds: {params['seeds']}.
 - Linear probe: one linear layer on standardised features, fitted on {protocols['linear']['num_train']} train
-  features, settings {protocols['linear']['settings']}.
+  features, settings {protocols['linear']['settings']}; each encoder's learning rate is chosen
+  from that list on a held-out part of the train features (never on test), then refitted on all.
 - k-NN: weighted vote (cosine similarity, weights exp(s / T)), settings {protocols['knn']['settings']}.
 - k-means: K = number of classes on L2-normalised test features; ACC via Hungarian matching;
   settings {protocols['cluster']['settings']}.
