@@ -18,6 +18,8 @@ from clusterssl.stages import STAGE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# the rules call `clusterssl` from PATH: make it this interpreter's, activated venv or not
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def normalise(cmd: str) -> str:
@@ -32,7 +34,7 @@ def snakemake_jobs(workdir: Path, configfile: Path, *extra: str) -> list[dict]:
     """Jobs of a dry run: rule, outputs and shell command of each."""
     out = subprocess.run(
         [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", workdir, "--configfile", configfile, "-n", "-p", "--cores", "2", *extra],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=ENV,
     ).stdout
     jobs, job = [], None
     for line in out.splitlines():
@@ -140,7 +142,7 @@ def test_snakemake_tiny_end_to_end(tmp_path):
     params = preset_in(tmp_path)
     subprocess.run(
         [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", params, "--cores", "2", "-q"],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=ENV,
     )
     report = tmp_path / "results" / "report"
     for f in ["tables/main.csv", "tables/main.md", "figures/training_curves.png", "figures/embeddings.png", "index.md"]:
@@ -168,7 +170,7 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
         shutil.copy(ROOT / f, tmp_path / f)
     params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = {**ENV, "DVC_NO_ANALYTICS": "1"}
     dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     dvc("init", "--no-scm", "-q")
     dvc("repro")
