@@ -181,7 +181,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
             x = images[idx].float().div_(255)
             views = make_views(x, model.view_spec, aug, gen)
             b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
-            b["index"] = idx
+            b["index"], b["epoch"] = idx, epoch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 terms = step_fn(b)
             loss = terms["loss"]

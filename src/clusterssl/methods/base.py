@@ -10,7 +10,8 @@ per-sample dataset indices, an extra clean view, multi-crop, cluster heads) is o
 
 `batch` holds `views` (list of augmented views, normalised), optionally `local_views`,
 `clean` (the un-augmented image, when `view_spec.clean`), and always `index` (each sample's
-position in the training set, for per-instance buffers such as CoKe's pseudo-labels)."""
+position in the training set, for per-instance buffers such as CoKe's pseudo-labels) and
+`epoch` (0-based, for schedules such as SwAV's frozen prototypes)."""
 from __future__ import annotations
 
 import torch

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Method, register
-from .common import mlp
+from .common import mlp, per_cluster_sums
 
 
 class ConstrainedKMeans(nn.Module):
@@ -45,15 +45,18 @@ class ConstrainedKMeans(nn.Module):
         return (x @ self.current.t() + self.duals).argmax(dim=1)
 
     @torch.no_grad()
+    def dual_step(self, n: torch.Tensor, batch_size: int) -> None:
+        """rho_k <- max(0, rho_k + eta (gamma / K - n_k / B)) for cluster sizes `n` in a batch of B."""
+        self.duals.add_(self.dual_lr * (self.lower_bound - n / batch_size)).clamp_(min=0)
+
+    @torch.no_grad()
     def update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         """Dual ascent step, then fold the batch into the running means of its clusters."""
-        k = len(self.duals)
-        n = torch.bincount(labels, minlength=k).to(self.duals.dtype)
-        self.duals.add_(self.dual_lr * (self.lower_bound - n / len(labels))).clamp_(min=0)
+        n, sums = per_cluster_sums(x.to(self.current.dtype), labels, len(self.duals))
+        self.dual_step(n, len(labels))
         used = n > 0
         old = self.counts.clone()
         self.counts.add_(n)
-        sums = torch.zeros_like(self.current).index_add_(0, labels, x.to(self.current.dtype))
         mean = (self.current[used] * old[used, None] + sums[used]) / self.counts[used, None]
         self.current[used] = F.normalize(mean, dim=1)
 
@@ -88,13 +91,12 @@ class CoKe(Method):
         self.predictor = mlp(out, hidden, out)
         ks = [k or num_classes for k in cfg["num_clusters"]]
         self.heads = nn.ModuleList(ConstrainedKMeans(out, k, num_train, cfg["dual_lr"], cfg["min_cluster_fraction"]) for k in ks)
-        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
 
     def training_step(self, batch):
         x = [self.projector(self.backbone(v)) for v in batch["views"]]
         proj = [F.normalize(xi, dim=1) for xi in x]
         pred = [F.normalize(self.predictor(xi), dim=1) for xi in x]
-        first_epoch = bool(self.epochs_done == 0)
+        first_epoch = batch["epoch"] == 0
         index, t, alpha = batch["index"], self.cfg["temperature"], self.cfg["alpha"]
         loss = 0.0
         with torch.no_grad():
@@ -115,7 +117,6 @@ class CoKe(Method):
     def on_epoch_end(self, epoch):
         for head in self.heads:
             head.next_epoch()
-        self.epochs_done += 1
 
     def cluster_logits(self, features):
         head = self.heads[0]

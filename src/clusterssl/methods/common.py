@@ -75,6 +75,13 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
+@torch.no_grad()
+def per_cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many rows of `x` each of `k` clusters got, and the sum of those rows (K x dim)."""
+    counts = torch.bincount(labels, minlength=k).to(x.dtype)
+    return counts, torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+
+
 def kl_to_uniform(probs: torch.Tensor) -> torch.Tensor:
     """KL(pbar || uniform) = log K + sum_k pbar_k log pbar_k on the batch-mean assignment pbar
     (batch = first dimension, clusters = last; averaged over any dimensions in between):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import register
+from .common import per_cluster_sums
 from .moco_v2 import MoCoV2
 
 
@@ -31,9 +32,7 @@ def cluster_pull_loss(query: torch.Tensor, centroids: torch.Tensor, assignment: 
 @torch.no_grad()
 def update_centroids(centroids: torch.Tensor, keys: torch.Tensor, assignment: torch.Tensor, momentum: float) -> None:
     """In place: each centroid with assigned keys moves toward their mean, then is renormalised."""
-    k = centroids.shape[0]
-    counts = torch.bincount(assignment, minlength=k).to(keys.dtype)
-    sums = torch.zeros_like(centroids).index_add_(0, assignment, keys.to(centroids.dtype))
+    counts, sums = per_cluster_sums(keys.to(centroids.dtype), assignment, len(centroids))
     used = counts > 0
     means = sums[used] / counts[used, None]
     centroids[used] = F.normalize(momentum * centroids[used] + (1 - momentum) * means, dim=1)

@@ -41,7 +41,6 @@ class SwAV(Method):
         self.prototypes = nn.Linear(out, cfg["num_prototypes"], bias=False)
         self.normalize_prototypes()
         self.queues = nn.ModuleList(Queue(cfg["queue_size"], out) for _ in range(2)) if cfg["queue_size"] else None
-        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -51,7 +50,7 @@ class SwAV(Method):
         views = batch["views"] + batch.get("local_views", [])
         z = [F.normalize(self.projector(self.backbone(v)), dim=1) for v in views]
         weight = self.prototypes.weight
-        if self.epochs_done < self.cfg["freeze_prototypes_epochs"]:
+        if batch["epoch"] < self.cfg["freeze_prototypes_epochs"]:
             weight = weight.detach()
         scores = [zi @ weight.t() for zi in z]
         codes = []
@@ -69,6 +68,3 @@ class SwAV(Method):
 
     def after_optimizer_step(self, progress):
         self.normalize_prototypes()
-
-    def on_epoch_end(self, epoch):
-        self.epochs_done += 1
