@@ -8,7 +8,7 @@ first block. For 8-32 px inputs the `stem` option swaps it for a single 3x3 conv
 The replacement stem is as wide as the first stage (timm's is always 64 channels), so a
 half-width net does not spend a quarter of its compute widening 32 channels back from 64.
 `layers` / `channels` override the depth and width of timm's ResNet family (timm passes
-them to `ResNet.__init__`), e.g. a half-width [1,1,1,1] net for the CPU default."""
+them to `ResNet.__init__`), e.g. the quarter-width [1,1,1,1] net of the CPU default."""
 from __future__ import annotations
 
 import timm
