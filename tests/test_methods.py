@@ -14,6 +14,7 @@ from clusterssl import paths
 from clusterssl.config import load_schema
 from clusterssl.methods import byol, cadc, cc, coke, common, cueco, swav
 from clusterssl.methods.base import REGISTRY, get_method
+from clusterssl.train import make_optimizer
 
 
 def _batch(n=6, views=2, size=8, seed=0, clean=False, epoch=0):
@@ -246,6 +247,18 @@ def test_cadc_centres_start_at_kmeans_of_untrained_features(tiny_backbone, metho
     found = sorted(model.centres.detach()[:, 0].tolist())
     assert found == pytest.approx([-10.0, 0.0, 10.0], abs=0.05)
 
+
+
+def test_cadc_centres_skip_weight_decay_and_weight_scales_cluster_terms(tiny_backbone, method_params):
+    cfg = dict(method_params["cadc"], cluster_weight=0.25)
+    model = get_method("cadc")(tiny_backbone(), cfg, 10, 6)
+    model.on_train_start(lambda: torch.randn(40, model.feat_dim))
+    opt = make_optimizer(model, {"weight_decay": 0.1, "optimizer": "sgd", "momentum": 0.9}, 0.1)
+    centre_groups = [g for g in opt.param_groups if any(p is model.centres for p in g["params"])]
+    assert len(centre_groups) == 1 and centre_groups[0]["weight_decay"] == 0.0
+    out = model.training_step(_batch(clean=True))
+    expected = out["instance"] + 0.25 * (out["clustering"] + out["anchor"])
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 # --- CoKe -------------------------------------------------------------------------------------
 

@@ -145,8 +145,8 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["gen"].cpu())
-            order_gen.set_state(state["order_gen"])
-            torch.set_rng_state(state["torch_rng"])
+            order_gen.set_state(state["order_gen"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
             history, start_epoch = state["history"], state["epoch"]
             print(f"resuming {out} from epoch {start_epoch}")
         else:
