@@ -181,6 +181,18 @@ def test_pretrain_before_prepare(tmp_path, capsys, write_params):
     assert all_files(tmp_path / "results") == []
 
 
+def test_cadc_centres_placed_after_the_last_epoch(tmp_path, capsys, digits_params):
+    import yaml
+
+    p = yaml.safe_load(digits_params.read_text())
+    p["method_params"]["cadc"]["kmeans_epoch"] = p["pretrain"]["epochs"]
+    digits_params.write_text(yaml.safe_dump(p))
+    rc, _, err = run(capsys, digits_params, "pretrain", "--method", "cadc")
+    assert_user_error(rc, err)
+    assert "method_params.cadc.kmeans_epoch" in err and "pretrain.epochs" in err
+    assert all_files(tmp_path / "results") == []
+
+
 def test_pretrain_before_prepare_leaves_no_directories(tmp_path, capsys, write_params):
     rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "pretrain", "--method", "carl")
     assert rc == 2

@@ -42,7 +42,7 @@ def test_every_method_trains_and_documents_itself(tiny_backbone, method_params, 
     cls = get_method(name)
     assert cls.provenance and cls.__module__ and (cls.__doc__ or __import__(cls.__module__, fromlist=["x"]).__doc__)
     model = cls(tiny_backbone(), method_params[name], 10, 6)
-    model.on_train_start(lambda: torch.randn(40, model.feat_dim))
+    model.on_epoch_start(0, lambda: torch.randn(40, model.feat_dim))
     model.train()
     out = model.training_step(_batch(clean=model.view_spec.clean))
     assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
@@ -238,25 +238,40 @@ def test_cadc_loss_properties():
     assert clean_logits.grad is None and aug_logits.grad is not None  # q(x) is the detached anchor
 
 
-def test_cadc_centres_start_at_kmeans_of_untrained_features(tiny_backbone, method_params):
-    model = get_method("cadc")(tiny_backbone(), dict(method_params["cadc"], num_clusters=3), 10, 6)
+def test_cadc_centres_start_at_kmeans_of_the_features(tiny_backbone, method_params):
+    model = get_method("cadc")(tiny_backbone(), dict(method_params["cadc"], num_clusters=3, kmeans_epoch=0), 10, 6)
     g = torch.Generator().manual_seed(0)
     blobs = torch.tensor([[0.0] * model.feat_dim, [10.0] * model.feat_dim, [-10.0] * model.feat_dim])
     feats = torch.cat([b + 0.01 * torch.randn(20, model.feat_dim, generator=g) for b in blobs])
-    model.on_train_start(lambda: feats)
+    model.on_epoch_start(0, lambda: feats)
     found = sorted(model.centres.detach()[:, 0].tolist())
     assert found == pytest.approx([-10.0, 0.0, 10.0], abs=0.05)
 
 
+def test_cadc_kmeans_epoch_trains_instance_loss_alone_until_the_centres_exist(tiny_backbone, method_params):
+    model = get_method("cadc")(tiny_backbone(), dict(method_params["cadc"], kmeans_epoch=2), 10, 6)
+    never = lambda: pytest.fail("k-means ran before kmeans_epoch")
+    model.on_epoch_start(0, never)
+    model.on_epoch_start(1, never)
+    warm = model.training_step(_batch(clean=True, epoch=1))
+    assert warm["loss"].item() == warm["instance"].item() and warm["clustering"].item() == 0.0
+    feats = torch.randn(40, model.feat_dim)
+    model.on_epoch_start(2, lambda: feats)
+    assert model.centres.detach().abs().sum() > 0  # k-means put the centres on the features
+    on = model.training_step(_batch(clean=True, epoch=2))
+    assert on["clustering"].item() > 0 and on["loss"].item() > on["instance"].item()
+
+
 
 def test_cadc_centres_skip_weight_decay_and_weight_scales_cluster_terms(tiny_backbone, method_params):
-    cfg = dict(method_params["cadc"], cluster_weight=0.25)
+    cfg = dict(method_params["cadc"], cluster_weight=0.25, kmeans_epoch=0)
     model = get_method("cadc")(tiny_backbone(), cfg, 10, 6)
-    model.on_train_start(lambda: torch.randn(40, model.feat_dim))
+    model.on_epoch_start(0, lambda: torch.randn(40, model.feat_dim))
     opt = make_optimizer(model, {"weight_decay": 0.1, "optimizer": "sgd", "momentum": 0.9}, 0.1)
     centre_groups = [g for g in opt.param_groups if any(p is model.centres for p in g["params"])]
     assert len(centre_groups) == 1 and centre_groups[0]["weight_decay"] == 0.0
     out = model.training_step(_batch(clean=True))
+    assert out["clustering"] > 0
     expected = out["instance"] + 0.25 * (out["clustering"] + out["anchor"])
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 

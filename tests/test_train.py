@@ -83,11 +83,13 @@ def test_torch_compile_on_cpu(tiny):
     assert pd.read_csv(run / "history.csv")["loss"].notna().all()
 
 
-def test_on_train_start_gets_features_of_the_untrained_encoder(tiny, monkeypatch):
+def test_on_epoch_start_gets_each_epochs_current_features(tiny, monkeypatch):
     from clusterssl.methods.simclr import SimCLR
 
     seen = {}
-    monkeypatch.setattr(SimCLR, "on_train_start", lambda self, encode: seen.setdefault("f", encode()), raising=False)
-    tiny["pretrain"]["epochs"] = 1
+    monkeypatch.setattr(SimCLR, "on_epoch_start", lambda self, epoch, encode: seen.setdefault(epoch, encode()), raising=False)
+    tiny["pretrain"]["epochs"] = 2
     train.pretrain(tiny, "simclr", 0, threads=1, progress=False)
-    assert seen["f"].shape == (256, 32)  # max_train images x the tiny backbone's feature width
+    assert sorted(seen) == [0, 1]
+    assert seen[0].shape == (256, 32)  # max_train images x the tiny backbone's feature width
+    assert not torch.equal(seen[0], seen[1])  # epoch 1 sees the encoder after an epoch of training

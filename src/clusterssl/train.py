@@ -113,11 +113,12 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     train = load_prepared(prepared, "train", params["data"]["max_train"])
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous().to(device)  # uint8 NCHW
     in_chans, num_classes = images.shape[1], len(meta["classes"])
-    out.mkdir(parents=True, exist_ok=True)  # only once the data has loaded: a failed start leaves nothing
     mean = images.float().mean(dim=(0, 2, 3)) / 255
     std = images.float().std(dim=(0, 2, 3)) / 255
 
     model = build_method(cfg, in_chans, num_classes, len(images)).to(device)
+    model.check_schedule(tcfg["epochs"])
+    out.mkdir(parents=True, exist_ok=True)  # only once data and params passed: a failed start leaves nothing
     channels_last = tcfg["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -164,9 +165,8 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         model.backbone.train(was_training)
         return feats
 
-    if start_epoch == 0:
-        model.on_train_start(encode_train_set)
     for epoch in range(start_epoch, tcfg["epochs"]):
+        model.on_epoch_start(epoch, encode_train_set)
         model.train()
         t0 = time.time()
         sums: dict[str, float] = {}

@@ -66,9 +66,14 @@ class Method(nn.Module):
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def on_train_start(self, encode_train_set) -> None:
-        """Called once before the first step; `encode_train_set()` returns backbone features of
-        the un-augmented training set (for methods initialised from data, e.g. CADC's k-means)."""
+    def check_schedule(self, epochs: int) -> None:
+        """Raise UserError, before anything is written, if the method's params cannot take
+        effect within `epochs` epochs (e.g. CADC's centres placed after the last epoch)."""
+
+    def on_epoch_start(self, epoch: int, encode_train_set) -> None:
+        """Called before each epoch (0-based), also when a run resumes; `encode_train_set()`
+        returns the current backbone's features of the un-augmented training set (for methods
+        initialised from data, e.g. CADC's k-means centres)."""
 
     def after_optimizer_step(self, progress: float) -> None:
         """Called after every optimiser step; `progress` runs from 0 to 1 over training (EMA)."""
