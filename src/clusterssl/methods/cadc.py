@@ -3,8 +3,8 @@
 Three views per image: the clean (un-augmented) image x and two augmented views.
 - Instance loss: NT-Xent between the two augmented views' projections (tau 0.5).
 - Learnable centres mu (K x dim(h)) in backbone-feature space, placed by k-means on the
-  backbone's features of the training set (the paper: the untrained backbone's); soft assignment by a Student-t kernel (DEC):
-  q_ik ~ (1 + ||h_i - mu_k||^2)^-1.
+  backbone's features of the training set (the paper: the untrained backbone's); soft
+  assignment by a Student-t kernel (DEC): q_ik ~ (1 + ||h_i - mu_k||^2)^-1.
 - Clustering loss: KL(P || Q) on the clean view, with the detached, sharpened DEC target
   p_ik ~ q_ik^2 / f_k (f_k = sum_i q_ik).
 - Anchor loss: KL(q(x) || q(x_aug)) for both augmented views, q(x) detached.
