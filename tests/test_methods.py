@@ -262,7 +262,6 @@ def test_cadc_kmeans_epoch_trains_instance_loss_alone_until_the_centres_exist(ti
     assert on["clustering"].item() > 0 and on["loss"].item() > on["instance"].item()
 
 
-
 def test_cadc_centres_skip_weight_decay_and_weight_scales_cluster_terms(tiny_backbone, method_params):
     cfg = dict(method_params["cadc"], cluster_weight=0.25, kmeans_epoch=0)
     model = get_method("cadc")(tiny_backbone(), cfg, 10, 6)

@@ -100,14 +100,13 @@ class CADC(Method):
         return [decay, no_decay]
 
     def training_step(self, batch):
-        if batch["epoch"] < self.cfg["kmeans_epoch"]:  # no centres yet: the instance loss alone
-            h1, h2 = (self.backbone(v) for v in batch["views"])
-            ins = nt_xent(self.projector(h1), self.projector(h2), self.cfg["temperature"])
-            zero = torch.zeros((), device=ins.device)
-            return {"loss": ins, "instance": ins.detach(), "clustering": zero, "anchor": zero}
-        h_clean = self.backbone(batch["clean"])
+        clustering = batch["epoch"] >= self.cfg["kmeans_epoch"]  # before it there are no centres
+        h_clean = self.backbone(batch["clean"]) if clustering else None
         h1, h2 = (self.backbone(v) for v in batch["views"])
         ins = nt_xent(self.projector(h1), self.projector(h2), self.cfg["temperature"])
+        if not clustering:  # the instance loss alone
+            zero = torch.zeros((), device=ins.device)
+            return {"loss": ins, "instance": ins.detach(), "clustering": zero, "anchor": zero}
         q = [student_t_assignment(h.float(), self.centres) for h in (h_clean, h1, h2)]
         terms = cadc_loss(q[0], q[1:])
         loss = ins + self.cfg["cluster_weight"] * (terms["clustering"] + terms["anchor"])
