@@ -1,7 +1,8 @@
-# clusterssl workflow: fetch -> prepare -> pretrain -> embed -> eval {linear,knn,cluster} -> report.
+# clusterssl workflow: fetch -> prepare -> split / pretrain -> embed -> eval -> report.
 # Orchestration only: every rule runs one `clusterssl` verb; all paths come from clusterssl.paths.
 #   snakemake --cores all                                            # default preset (params.yaml)
-#   snakemake --cores all --configfile config/presets/tiny.yaml      # another (complete) preset
+#   snakemake --cores all --configfile config/presets/tiny.yaml      # another preset
+#   snakemake --cores all --config 'seeds=[0,1,2]'                   # any key overridden
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -10,11 +11,16 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+from snakemake.utils import update_config
+from clusterssl import paths
+from clusterssl.config import typed, write_merged_params
+
+update_config(config, typed(workflow.config_settings.config))  # `--config seeds=[0,1,2]`: ints, not '0'
 validate(config, "workflow/schemas/params.schema.yaml")
 
-# The verbs read the params file themselves. Presets are complete params files, so the last
-# --configfile given (else params.yaml) holds exactly the merged config Snakemake sees.
-PARAMS = (list(workflow.overwrite_configfiles) or ["params.yaml"])[-1]
+# The config Snakemake validated (params.yaml, then each --configfile, then --config, merged) is
+# written to one file that every verb reads with --params, so no job sees other params than the DAG.
+PARAMS = str(write_merged_params(config, paths.merged_params_file(config)))
 ENV = "../envs/clusterssl.yaml"  # relative to workflow/rules/
 
 

@@ -54,6 +54,12 @@ def _delete(path):
     return modify
 
 
+def _as_digits(p):
+    """Pretrain on digits; the default transfer target (digits) becomes Fashion-MNIST."""
+    p["dataset"] = "digits"
+    p["eval"]["transfer"]["datasets"] = ["fashion_mnist"]
+
+
 INVALID = {
     "unknown_method": (_set(["methods"], ["carl", "nosuch"]), "methods"),
     "unknown_dataset": (_set(["dataset"], "cifar10"), "dataset"),
@@ -64,6 +70,12 @@ INVALID = {
     "missing_section": (_delete(["eval"]), "eval"),
     "extra_key": (_set(["pretrain", "epochz"], 3), "pretrain.epochz"),
     "extra_top_level_key": (_set(["learning_rate"], 0.1), "learning_rate"),
+    "transfer_to_the_pretraining_dataset": (_set(["eval", "transfer", "datasets"], ["fashion_mnist"]), "eval.transfer.datasets"),
+    "unknown_transfer_dataset": (_set(["eval", "transfer", "datasets"], ["cifar10"]), "eval.transfer.datasets.0"),
+    "semisup_fraction_of_one": (_set(["eval", "semisup", "fractions"], [0.01, 1.0]), "eval.semisup.fractions.1"),
+    "semisup_no_fractions": (_set(["eval", "semisup", "fractions"], []), "eval.semisup.fractions"),
+    "semisup_crop_scale_reversed": (_set(["eval", "semisup", "crop_scale"], [0.9, 0.5]), "eval.semisup.crop_scale"),
+    "semisup_missing_section": (_delete(["eval", "semisup"]), "eval.semisup"),
 }
 
 
@@ -118,7 +130,7 @@ def test_pretrain_unknown_method(tmp_path, capsys, write_params):
 
 
 def test_embed_unknown_method(tmp_path, capsys, write_params):
-    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "embed", "--method", "nosuch")
+    rc, _, err = run(capsys, write_params(_as_digits), "embed", "--method", "nosuch")
     assert_user_error(rc, err)
     assert "nosuch" in err and "carl" in err
     assert not (tmp_path / "results").exists()
@@ -130,7 +142,7 @@ def digits_params(tmp_path, capsys, write_params):
     """A params file for `digits`, with the dataset fetched and prepared under tmp_path/data."""
 
     def modify(p):
-        p["dataset"] = "digits"
+        _as_digits(p)
         p["eval"]["max_train"] = 300
         p["eval"]["cluster"]["n_init"] = 1
         p["eval"]["knn"]["k"] = [5]
@@ -151,7 +163,7 @@ def test_prepare_before_fetch(tmp_path, capsys, write_params):
 
 
 def test_embed_before_prepare(tmp_path, capsys, write_params):
-    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "embed", "--method", "carl")
+    rc, _, err = run(capsys, write_params(_as_digits), "embed", "--method", "carl")
     assert_user_error(rc, err)
     assert "not found" in err and "train.npz" in err
     assert all_files(tmp_path / "results") == []
@@ -175,7 +187,7 @@ def test_eval_before_embed(tmp_path, capsys, digits_params):
 
 
 def test_pretrain_before_prepare(tmp_path, capsys, write_params):
-    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "pretrain", "--method", "carl")
+    rc, _, err = run(capsys, write_params(_as_digits), "pretrain", "--method", "carl")
     assert_user_error(rc, err)
     assert "not found" in err and "meta.json" in err
     assert all_files(tmp_path / "results") == []
@@ -194,13 +206,13 @@ def test_cadc_centres_placed_after_the_last_epoch(tmp_path, capsys, digits_param
 
 
 def test_pretrain_before_prepare_leaves_no_directories(tmp_path, capsys, write_params):
-    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "pretrain", "--method", "carl")
+    rc, _, err = run(capsys, write_params(_as_digits), "pretrain", "--method", "carl")
     assert rc == 2
     assert not (tmp_path / "results").exists()
 
 
 def test_report_before_anything(tmp_path, capsys, write_params):
-    rc, _, err = run(capsys, write_params(_set(["dataset"], "digits")), "report")
+    rc, _, err = run(capsys, write_params(_as_digits), "report")
     assert_user_error(rc, err)
     assert "not found" in err and "linear.json" in err
     assert all_files(tmp_path / "results") == []
@@ -279,3 +291,48 @@ def test_entry_point_exit_status(tmp_path):
     r = subprocess.run([str(_entry_point()), "--params", "missing.yaml", "data", "fetch"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 2
     assert "missing.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- semi-supervised and transfer ---------------------------------------------------------------
+def test_split_fraction_must_be_in_params(tmp_path, capsys, digits_params):
+    rc, _, err = run(capsys, digits_params, "data", "split", "--fraction", "0.3")
+    assert_user_error(rc, err)
+    assert "eval.semisup.fractions" in err and "0.3" in err
+    assert not (tmp_path / "data" / "splits").exists()
+
+
+def test_semisup_before_split_and_scratch_has_no_features(tmp_path, capsys, digits_params):
+    rc, _, err = run(capsys, digits_params, "eval", "semisup", "--fraction", "0.01", "--method", paths.SCRATCH)
+    assert_user_error(rc, err)
+    assert "semisup_0.01_seed0.npy" in err and "data split" in err
+    rc, _, err = run(capsys, digits_params, "eval", "linear", "--method", paths.SCRATCH)
+    assert_user_error(rc, err)
+    assert "semi-supervised baseline only" in err
+    rc, _, err = run(capsys, digits_params, "eval", "semisup", "--fraction", "0.5", "--method", paths.RAW_PIXELS)
+    assert_user_error(rc, err)
+    assert "eval.semisup.fractions" in err
+    assert all_files(tmp_path / "results") == []
+
+
+def test_transfer_target_must_be_in_params(tmp_path, capsys, digits_params):
+    rc, _, err = run(capsys, digits_params, "eval", "transfer", "--target", "digits", "--method", paths.RAW_PIXELS)
+    assert_user_error(rc, err)
+    assert "eval.transfer.datasets" in err
+    rc, _, err = run(capsys, digits_params, "embed", "--method", paths.RAW_PIXELS, "--dataset", "nosuch")
+    assert_user_error(rc, err)
+    assert "eval.transfer.datasets" in err
+    assert all_files(tmp_path / "results") == []
+
+
+def test_raw_pixel_semisup_on_a_split(tmp_path, capsys, digits_params):
+    import yaml
+
+    params = yaml.safe_load(digits_params.read_text())
+    rc, out, err = run(capsys, digits_params, "data", "split", "--fraction", "0.1", "--seed", "2")
+    assert rc == 0, err
+    split = paths.split_file(params, "digits", 0.1, 2)
+    assert out.strip() == str(split) and split.exists()
+    rc, out, err = run(capsys, digits_params, "eval", "semisup", "--fraction", "0.1", "--method", paths.RAW_PIXELS, "--seed", "2")
+    assert rc == 0, err
+    m = json.loads(paths.metrics_file(params, paths.RAW_PIXELS, 2, "semisup_0.1").read_text())
+    assert m["num_train"] == 130 and m["metrics"]["top1"] > 0.7  # 13 labelled digits per class

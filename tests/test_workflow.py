@@ -17,6 +17,11 @@ import yaml
 from clusterssl.stages import STAGE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tiny preset transfers digits -> Fashion-MNIST: the real files, from Debian's package or a mirror
+needs_fashion_mnist = pytest.mark.skipif(
+    not (Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() or os.environ.get("CLUSTERSSL_DATA_MIRROR")),
+    reason="Fashion-MNIST not available offline: `apt-get install -y dataset-fashion-mnist` (as root) or set CLUSTERSSL_DATA_MIRROR",
+)
 BIN = Path(sys.executable).parent
 # the rules call `clusterssl` from PATH: make it this interpreter's, activated venv or not
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -66,12 +71,16 @@ def preset_in(tmp: Path, preset: str = "tiny", **overrides) -> Path:
 def test_dvc_stages_match_snakemake_dag(tmp_path):
     from dvc.repo import Repo
 
+    # both in a copy of the project's files, so the Snakefile's merged config lands in tmp_path
+    for f in ["dvc.yaml", "params.yaml"]:
+        shutil.copy(ROOT / f, tmp_path / f)
     snake = {
         (normalise(j["cmd"]), frozenset(j["output"]))
-        for j in snakemake_jobs(ROOT, ROOT / "params.yaml", "--forceall")
+        for j in snakemake_jobs(tmp_path, tmp_path / "params.yaml", "--forceall")
         if j["cmd"]
     }
-    repo = Repo(str(ROOT))
+    subprocess.run([BIN / "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env={**ENV, "DVC_NO_ANALYTICS": "1"})
+    repo = Repo(str(tmp_path))
     dvc = set()
     for stage in repo.index.stages:
         dvc.add((normalise(stage.cmd), frozenset(str(Path(o.def_path)) for o in stage.outs)))
@@ -113,23 +122,31 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
     """Each registered method through pretrain -> embed -> every evaluation -> report (the
     verbs in-process, on the tiny preset; Snakemake runs the same verbs in the test below)."""
     from clusterssl.cli import main
-    from clusterssl.paths import ALL_METHODS, EVALS, RAW_PIXELS
+    from clusterssl.paths import ALL_METHODS, EVALS, RAW_PIXELS, SCRATCH
 
     monkeypatch.chdir(tmp_path)
-    # one epoch: CADC places its centres on the untrained backbone, as in the paper
-    params = preset_in(tmp_path, methods="all", pretrain__epochs=1, method_params__cadc__kmeans_epoch=0)
+    # one epoch: CADC places its centres on the untrained backbone, as in the paper; transfer
+    # (which needs a second dataset) runs in the Snakemake and DVC tests below
+    params = preset_in(tmp_path, methods="all", pretrain__epochs=1, method_params__cadc__kmeans_epoch=0,
+                       eval__semisup__fractions=[0.1], eval__transfer__datasets=[])
     run = lambda *argv: main(["--params", str(params), *argv])
     assert run("data", "fetch", "digits") == 0 and run("data", "prepare", "digits") == 0
+    assert run("data", "split", "--fraction", "0.1") == 0
+    assert run("eval", "semisup", "--fraction", "0.1", "--method", SCRATCH) == 0
     for method in [RAW_PIXELS, *ALL_METHODS]:
         if method != RAW_PIXELS:
             assert run("pretrain", "--method", method, "--no-progress") == 0, method
         assert run("embed", "--method", method) == 0, method
         for protocol in EVALS:
             assert run("eval", protocol, "--method", method) == 0, (method, protocol)
+        # every method's evaluation encoder (EMA teachers included) fine-tunes
+        assert run("eval", "semisup", "--fraction", "0.1", "--method", method) == 0, method
     assert run("report", "--reference", str(ROOT / "reference/reported_numbers.csv")) == 0
     capsys.readouterr()
     table = pd.read_csv(tmp_path / "results/report/tables/main.csv").set_index("method")
-    assert list(table.index) == [RAW_PIXELS, *ALL_METHODS]
+    assert list(table.index) == [RAW_PIXELS, SCRATCH, *ALL_METHODS]
+    assert table["semisup_0.1_top1_mean"].notna().all()
+    table = table.drop(SCRATCH)  # the from-scratch row has only semi-supervised numbers
     assert table["linear_top1_mean"].notna().all() and table["kmeans_nmi_mean"].notna().all()
     with_head = {"carl", "cc", "cadc", "coke"}
     assert set(table.index[table["head_nmi_mean"].notna()]) == with_head
@@ -139,32 +156,45 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.e2e
+@needs_fashion_mnist
 def test_snakemake_tiny_end_to_end(tmp_path):
+    """The tiny preset with a --config override (one method): every job reads the config
+    Snakemake validated, so the report has exactly the rows the DAG scheduled."""
     params = preset_in(tmp_path)
+    override = ("--config", "methods=[carl]")
     subprocess.run(
-        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", params, "--cores", "2", "-q"],
+        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", params, *override, "--cores", "2", "-q"],
         check=True, capture_output=True, text=True, env=ENV,
     )
     report = tmp_path / "results" / "report"
-    for f in ["tables/main.csv", "tables/main.md", "figures/training_curves.png", "figures/embeddings.png", "index.md"]:
+    for f in ["tables/main.csv", "tables/main.md", "tables/intervals.md", "figures/training_curves.png", "figures/embeddings.png", "index.md"]:
         assert (report / f).stat().st_size > 0, f
-    table = pd.read_csv(report / "tables/main.csv")
-    assert list(table["method"]) == ["raw_pixels", "carl", "simclr"]
-    for col in ["linear_top1_mean", "knn200_top1_mean", "knn20_top1_mean", "kmeans_nmi_mean"]:
+    table = pd.read_csv(report / "tables/main.csv").set_index("method")
+    assert list(table.index) == ["raw_pixels", "scratch", "carl"]
+    assert yaml.safe_load((tmp_path / "results/params.snakemake.yaml").read_text())["methods"] == ["carl"]
+    encoders = table.drop("scratch")
+    for col in ["linear_top1_mean", "knn200_top1_mean", "knn20_top1_mean", "transfer_fashion_mnist_linear_top1_mean",
+                "transfer_fashion_mnist_knn20_top1_mean"]:
+        assert encoders[col].between(0, 100).all(), col
+    for col in ["semisup_0.01_top1_mean", "semisup_0.1_top1_mean"]:
         assert table[col].between(0, 100).all(), col
     # raw pixels on digits are easy: the probe must learn something real
-    assert table.set_index("method").loc["raw_pixels", "linear_top1_mean"] > 80
+    assert table.loc["raw_pixels", "linear_top1_mean"] > 80
     assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
+    # every row fine-tuned on the same labelled images
+    metrics = tmp_path / "results/metrics/digits"
+    subsets = {json.loads((metrics / m / "seed0/semisup_0.1.json").read_text())["subset_sha256"] for m in table.index}
+    assert len(subsets) == 1
 
     # changing pretrain.epochs re-runs pretraining and everything downstream, nothing upstream
     preset_in(tmp_path, pretrain__epochs=3)
-    rerun = {j["rule"] for j in snakemake_jobs(tmp_path, params)} - {"all"}
-    assert rerun == {"pretrain", "embed", "evaluate", "report"}
-    jobs = [j for j in snakemake_jobs(tmp_path, params) if j["cmd"]]
-    assert not any("raw_pixels" in j["cmd"] for j in jobs), "raw-pixel stages do not depend on pretraining"
+    jobs = [j for j in snakemake_jobs(tmp_path, params, *override) if j["cmd"]]
+    assert {j["rule"] for j in jobs} == {"pretrain", "embed", "evaluate", "transfer", "semisup", "report"}
+    assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
 
 
 @pytest.mark.e2e
+@needs_fashion_mnist
 def test_dvc_repro_tiny_end_to_end(tmp_path):
     for f in ["dvc.yaml", "reference/reported_numbers.csv"]:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +205,9 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
     dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     dvc("init", "--no-scm", "-q")
     dvc("repro")
-    assert (tmp_path / "results/tiny/report/tables/main.csv").exists()
+    table = pd.read_csv(tmp_path / "results/tiny/report/tables/main.csv").set_index("method")
+    assert list(table.index) == ["raw_pixels", "scratch", "carl", "simclr"]
+    assert table["semisup_0.01_top1_mean"].notna().all() and table["transfer_fashion_mnist_linear_top1_mean"].notna().sum() == 3
     assert json.loads(dvc("status", "--json")) == {}
 
     params["pretrain"]["epochs"] = 3
@@ -185,4 +217,4 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
     assert changed == {"pretrain"}
     out = dvc("repro")
     ran = set(re.findall(r"Running stage '([^'@]+)", out))
-    assert ran == {"pretrain", "embed", "evaluate", "report"}, out
+    assert ran == {"pretrain", "embed", "embed_transfer", "evaluate", "transfer", "semisup", "report"}, out

@@ -29,6 +29,18 @@ def cmd_prepare(args):
     print(data.prepare(name, paths.raw_dir(p, name), paths.prepared_dir(p, name)))
 
 
+def cmd_split(args):
+    from . import data, paths
+    from .data.splits import write_split
+
+    p = _params(args)
+    name = args.dataset or p["dataset"]
+    if args.fraction not in p["eval"]["semisup"]["fractions"]:
+        raise UserError(f"--fraction {args.fraction} is not one of eval.semisup.fractions {p['eval']['semisup']['fractions']} in {args.params}")
+    labels = data.load_prepared(paths.prepared_dir(p, name), "train").labels
+    print(write_split(labels, args.fraction, args.seed, paths.split_file(p, name, args.fraction, args.seed)))
+
+
 def cmd_pretrain(args):
     from .methods.base import get_method
     from .train import pretrain
@@ -49,14 +61,21 @@ def cmd_embed(args):
         from .methods.base import get_method
 
         get_method(args.method)
-    print(embed(p, args.method, args.seed, threads=args.threads))
+    if args.dataset and args.dataset not in (p["dataset"], *p["eval"]["transfer"]["datasets"]):
+        raise UserError(f"--dataset {args.dataset} is neither 'dataset' nor one of eval.transfer.datasets in {args.params}")
+    print(embed(p, args.method, args.seed, dataset=args.dataset, threads=args.threads))
 
 
 def cmd_eval(args):
+    from . import paths
     from .evaluate.run import evaluate
 
     p = _params(args)
-    print(evaluate(p, args.protocol, args.method, args.seed, threads=args.threads))
+    if args.method not in (paths.RAW_PIXELS, paths.SCRATCH):
+        from .methods.base import get_method
+
+        get_method(args.method)
+    print(evaluate(p, args.protocol, args.method, args.seed, threads=args.threads, target=args.target, fraction=args.fraction))
 
 
 def cmd_report(args):
@@ -66,6 +85,8 @@ def cmd_report(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .paths import PROTOCOLS
+
     ap = argparse.ArgumentParser(prog="clusterssl", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -75,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         s = d.add_parser(name)
         s.add_argument("dataset", nargs="?", help="dataset name (default: params 'dataset')")
         s.set_defaults(fn=fn)
+    s = d.add_parser("split", help="a class-balanced labelled subset of the train split (semi-supervised evaluation)")
+    s.add_argument("dataset", nargs="?", help="dataset name (default: params 'dataset')")
+    s.add_argument("--fraction", type=float, required=True, help="one of eval.semisup.fractions")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_split)
 
     def run_args(s, threads=True):
         s.add_argument("--method", required=True)
@@ -89,11 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("embed", help="extract frozen features of a pretrained run (or raw_pixels)")
     run_args(s)
+    s.add_argument("--dataset", default=None, help="embed this dataset's images (default: params 'dataset'; else one of eval.transfer.datasets)")
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("eval", help="evaluate frozen features with one protocol")
-    s.add_argument("protocol", choices=["linear", "knn", "cluster"])
+    s.add_argument("protocol", choices=PROTOCOLS)
     run_args(s)
+    s.add_argument("--target", default=None, help="transfer: the target dataset (one of eval.transfer.datasets)")
+    s.add_argument("--fraction", type=float, default=None, help="semisup: the labelled fraction (one of eval.semisup.fractions)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("report", help="tables and figures from saved metrics")

@@ -41,6 +41,14 @@ def validate(params: dict, source: str = "params") -> dict:
             + (f" ({hint})" if hint else "")
             + f". Fix it in {source} (the schema is {SCHEMA_PATH.name})."
         )
+    if params["dataset"] in params["eval"]["transfer"]["datasets"]:
+        raise UserError(
+            f"{source}: invalid value for key 'eval.transfer.datasets': it lists the pretraining dataset "
+            f"'{params['dataset']}'; transfer evaluates on other datasets: remove it from the list"
+        )
+    lo, hi = params["eval"]["semisup"]["crop_scale"]
+    if lo > hi:
+        raise UserError(f"{source}: invalid value for key 'eval.semisup.crop_scale': low {lo} > high {hi}; swap them")
     return params
 
 
@@ -55,6 +63,34 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     if not isinstance(params, dict):
         raise UserError(f"{path}: expected a mapping of params at the top level")
     return validate(params, str(path))
+
+
+def typed(value):
+    """A `snakemake --config` value typed as YAML types it: Snakemake reads the items of a list or
+    mapping given there as strings (`seeds=[0,1,2]` arrives as ['0', '1', '2'])."""
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return value
+
+
+def write_merged_params(params: dict, path: str | Path) -> Path:
+    """Write `params` (validated again here) to `path` for the verbs to read; the file is only
+    replaced when its content changes, so re-running the workflow does not touch it."""
+    from .io import write_text
+
+    text = yaml.safe_dump(validate(params, "the merged Snakemake config"), sort_keys=False)
+    path = Path(path)
+    if not path.exists() or path.read_text() != text:
+        write_text(path, text)
+    return path
 
 
 def fingerprint(obj) -> str:

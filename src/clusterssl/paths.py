@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 RAW_PIXELS = "raw_pixels"  # the no-learning baseline row: flattened pixels through every evaluation
-EVALS = ("linear", "knn", "cluster")
+SCRATCH = "scratch"  # the semi-supervised baseline row: the same backbone, randomly initialised
+EVALS = ("linear", "knn", "cluster")  # frozen-feature protocols on the pretraining dataset
+PROTOCOLS = (*EVALS, "transfer", "semisup")  # every `clusterssl eval` protocol
 
 
 def data_dir(params: dict) -> Path:
@@ -28,6 +30,11 @@ def prepared_files(params: dict, dataset: str) -> list[Path]:
     return [d / "train.npz", d / "test.npz", d / "meta.json"]
 
 
+def split_file(params: dict, dataset: str, fraction: float, seed: int) -> Path:
+    """The indices of a class-balanced labelled subset of `dataset`'s train split."""
+    return data_dir(params) / "splits" / dataset / f"semisup_{fraction}_seed{seed}.npy"
+
+
 def run_dir(params: dict, method: str, seed: int) -> Path:
     return results_dir(params) / "runs" / params["dataset"] / method / f"seed{seed}"
 
@@ -46,6 +53,30 @@ def metrics_file(params: dict, method: str, seed: int, evaluation: str) -> Path:
     return results_dir(params) / "metrics" / params["dataset"] / method / f"seed{seed}" / f"{evaluation}.json"
 
 
+def semisup_name(fraction: float) -> str:
+    return f"semisup_{fraction}"
+
+
+def transfer_name(target: str) -> str:
+    return f"transfer_{target}"
+
+
+def evaluations(params: dict, method: str) -> list[str]:
+    """The metrics files (`metrics_file`'s `evaluation`) each report row needs: the frozen-feature
+    protocols and transfer for every encoder, semi-supervised fine-tuning for every row, and
+    only that for the from-scratch baseline (it has no pretrained features)."""
+    semisup = [semisup_name(f) for f in params["eval"]["semisup"]["fractions"]]
+    if method == SCRATCH:
+        return semisup
+    return [*EVALS, *semisup, *(transfer_name(t) for t in params["eval"]["transfer"]["datasets"])]
+
+
+def merged_params_file(params: dict) -> Path:
+    """Where Snakemake writes the config it validated (params file, presets and --config merged),
+    which every verb of the workflow then reads with --params."""
+    return results_dir(params) / "params.snakemake.yaml"
+
+
 def report_dir(params: dict) -> Path:
     return results_dir(params) / "report"
 
@@ -55,6 +86,9 @@ def report_files(params: dict) -> list[Path]:
     return [
         d / "tables" / "main.csv",
         d / "tables" / "main.md",
+        d / "tables" / "intervals.md",
+        d / "tables" / "intervals.csv",
+        d / "tables" / "paired.csv",
         d / "figures" / "training_curves.png",
         d / "figures" / "embeddings.png",
         d / "index.md",
@@ -73,5 +107,10 @@ def methods(params: dict) -> list[str]:
 
 
 def evaluated_methods(params: dict) -> list[str]:
-    """Rows of the report: the raw-pixel baseline, then every pretrained method."""
+    """Encoders with features: the raw-pixel baseline, then every pretrained method."""
     return [RAW_PIXELS, *methods(params)]
+
+
+def report_rows(params: dict) -> list[str]:
+    """Rows of the report: raw pixels, the from-scratch baseline, then every pretrained method."""
+    return [RAW_PIXELS, SCRATCH, *methods(params)]

@@ -1,14 +1,15 @@
-from clusterssl import paths
 from clusterssl.stages import stage_params
 
 RESULTS = str(paths.results_dir(config))
+DATASET = config["dataset"]
 
 
 wildcard_constraints:
-    method="|".join(paths.evaluated_methods(config)),
+    method="|".join(paths.report_rows(config)),
     seed=r"\d+",
     protocol="|".join(paths.EVALS),
     dataset="[a-z0-9_]+",
+    fraction=r"[0-9.e-]+",
 
 
 def log_file(name):
@@ -23,8 +24,18 @@ def report_outputs():
     return [str(p) for p in paths.report_files(config)]
 
 
+def prepared(dataset):
+    return [str(p) for p in paths.prepared_files(config, dataset)]
+
+
+def run_files(method, seed):
+    """The pretrained run a row's encoder comes from (none for the two baselines)."""
+    if method in (paths.RAW_PIXELS, paths.SCRATCH):
+        return []
+    return [str(p) for p in paths.run_files(config, method, seed)]
+
+
 def embed_inputs(w):
-    prepared = [str(p) for p in paths.prepared_files(config, config["dataset"])]
-    if w.method == paths.RAW_PIXELS:
-        return prepared
-    return prepared + [str(p) for p in paths.run_files(config, w.method, w.seed)]
+    # another dataset's images are resized to the pretraining dataset's shape (its meta.json)
+    source = prepared(DATASET) if w.dataset != DATASET else []
+    return prepared(w.dataset) + source + run_files(w.method, w.seed)

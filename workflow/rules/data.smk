@@ -36,3 +36,25 @@ rule prepare:
         ENV
     shell:
         "clusterssl --params {params.file} data prepare {wildcards.dataset} > {log} 2>&1"
+
+
+rule split:
+    input:
+        prepared("{dataset}"),
+    output:
+        str(paths.split_file(config, "{dataset}", "{fraction}", "{seed}")),
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "split"),
+    log:
+        log_file("split/{dataset}_{fraction}_seed{seed}"),
+    benchmark:
+        benchmark_file("split/{dataset}_{fraction}_seed{seed}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} data split {wildcards.dataset} --fraction {wildcards.fraction}"
+        " --seed {wildcards.seed} > {log} 2>&1"

@@ -2,14 +2,14 @@ rule embed:
     input:
         embed_inputs,
     output:
-        str(paths.features_file(config, "{method}", "{seed}")),
+        str(paths.features_file(config, "{method}", "{seed}", "{dataset}")),
     params:
         file=PARAMS,
         stage=stage_params(config, "embed"),
     log:
-        log_file("embed/{method}_seed{seed}"),
+        log_file("embed/{dataset}/{method}_seed{seed}"),
     benchmark:
-        benchmark_file("embed/{method}_seed{seed}")
+        benchmark_file("embed/{dataset}/{method}_seed{seed}")
     threads: 2
     resources:
         mem_mb=4000,
@@ -17,12 +17,12 @@ rule embed:
         ENV
     shell:
         "clusterssl --params {params.file} embed --method {wildcards.method} --seed {wildcards.seed}"
-        " --threads {threads} > {log} 2>&1"
+        " --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        rules.embed.output,
+        str(paths.features_file(config, "{method}", "{seed}", DATASET)),
     output:
         str(paths.metrics_file(config, "{method}", "{seed}", "{protocol}")),
     params:
@@ -39,4 +39,51 @@ rule evaluate:
         ENV
     shell:
         "clusterssl --params {params.file} eval {wildcards.protocol} --method {wildcards.method}"
+        " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+
+
+rule transfer:
+    input:
+        str(paths.features_file(config, "{method}", "{seed}", "{dataset}")),
+    output:
+        str(paths.metrics_file(config, "{method}", "{seed}", paths.transfer_name("{dataset}"))),
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "transfer"),
+    log:
+        log_file("eval/transfer_{dataset}/{method}_seed{seed}"),
+    benchmark:
+        benchmark_file("eval/transfer_{dataset}/{method}_seed{seed}")
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} eval transfer --target {wildcards.dataset} --method {wildcards.method}"
+        " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+
+
+rule semisup:
+    input:
+        data=prepared(DATASET),
+        split=str(paths.split_file(config, DATASET, "{fraction}", "{seed}")),
+        run=lambda w: run_files(w.method, w.seed),
+    output:
+        str(paths.metrics_file(config, "{method}", "{seed}", paths.semisup_name("{fraction}"))),
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "semisup"),
+    log:
+        log_file("eval/semisup_{fraction}/{method}_seed{seed}"),
+    benchmark:
+        benchmark_file("eval/semisup_{fraction}/{method}_seed{seed}")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=1 if config["pretrain"]["device"] == "cuda" else 0,
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} eval semisup --fraction {wildcards.fraction} --method {wildcards.method}"
         " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"

@@ -1,6 +1,6 @@
 rule pretrain:
     input:
-        [str(p) for p in paths.prepared_files(config, config["dataset"])],
+        prepared(DATASET),
     output:
         [str(p) for p in paths.run_files(config, "{method}", "{seed}")],
     params:

@@ -2,9 +2,9 @@ rule report:
     input:
         metrics=[
             str(paths.metrics_file(config, m, s, e))
-            for m in paths.evaluated_methods(config)
+            for m in paths.report_rows(config)
             for s in config["seeds"]
-            for e in paths.EVALS
+            for e in paths.evaluations(config, m)
         ],
         runs=[
             str(p)
@@ -17,7 +17,7 @@ rule report:
             for m in paths.evaluated_methods(config)
         ],
         reference=f"{workflow.basedir}/reference/reported_numbers.csv",
-        meta=str(paths.prepared_files(config, config["dataset"])[2]),
+        meta=prepared(DATASET)[2],
     output:
         report_outputs(),
     params:

@@ -1,4 +1,8 @@
-"""`clusterssl eval <protocol>`: read cached features, run one protocol, write its metrics JSON."""
+"""`clusterssl eval <protocol>`: run one protocol for one encoder and seed, write its metrics JSON.
+
+- linear / knn / cluster: frozen features of the pretraining dataset (cached by `embed`);
+- transfer: the linear probe and k-NN on another dataset's frozen features (`--target`);
+- semisup: fine-tuning on a labelled subset (`--fraction`; evaluate/semisup.py)."""
 from __future__ import annotations
 
 import time
@@ -8,34 +12,63 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..io import write_json
+from ..io import UserError, write_json
 from .features import load_features
 from .metrics import clustering_scores
 from .protocols import kmeans_clustering, knn, select_and_probe
 
 
-def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int | None = None) -> Path:
+def _probe(f: dict, cfg: dict, seed: int) -> dict:
+    c = cfg["linear"]
+    return select_and_probe(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], c["epochs"], c["lr"], c["weight_decay"], c["batch_size"], seed, c["val_fraction"])
+
+
+def _knn(f: dict, cfg: dict, seed: int) -> dict:
+    return knn(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], cfg["knn"]["k"], cfg["knn"]["temperature"])
+
+
+def _cluster(f: dict, cfg: dict, seed: int) -> dict:
+    n_classes = int(np.unique(f["train_labels"]).size)
+    result = {"kmeans": kmeans_clustering(f["test_features"], f["test_labels"], n_classes, cfg["cluster"]["n_init"], seed)}
+    if "test_head_clusters" in f:
+        result["head"] = {**clustering_scores(f["test_labels"], f["test_head_clusters"]), "clusters_used": int(np.unique(f["test_head_clusters"]).size)}
+    return result
+
+
+def _transfer(f: dict, cfg: dict, seed: int) -> dict:
+    """The frozen encoder on another dataset, with the same probe and k-NN."""
+    return {"linear": _probe(f, cfg, seed), "knn": _knn(f, cfg, seed)}
+
+
+#: the protocols on frozen features: name -> function(features, params["eval"], seed)
+FROZEN = {"linear": _probe, "knn": _knn, "cluster": _cluster, "transfer": _transfer}
+
+
+def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int | None = None, target: str | None = None, fraction: float | None = None) -> Path:
+    cfg = params["eval"]
+    if protocol == "semisup":
+        from .semisup import semisup
+
+        if fraction not in cfg["semisup"]["fractions"]:
+            raise UserError(f"--fraction {fraction} is not one of eval.semisup.fractions {cfg['semisup']['fractions']} in the params file")
+        return semisup(params, method, seed, fraction, threads)
+    if method == paths.SCRATCH:
+        raise UserError(f"'{paths.SCRATCH}' is a semi-supervised baseline only (it has no pretrained features); use `eval semisup`")
     if threads:
         torch.set_num_threads(threads)
-    f = load_features(paths.features_file(params, method, seed))
-    cfg = params["eval"]
-    t0 = time.time()
-    if protocol == "linear":
-        c = cfg["linear"]
-        result = select_and_probe(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], c["epochs"], c["lr"], c["weight_decay"], c["batch_size"], seed, c["val_fraction"])
-    elif protocol == "knn":
-        result = knn(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], cfg["knn"]["k"], cfg["knn"]["temperature"])
-    elif protocol == "cluster":
-        n_classes = int(np.unique(f["train_labels"]).size)
-        result = {"kmeans": kmeans_clustering(f["test_features"], f["test_labels"], n_classes, cfg["cluster"]["n_init"], seed)}
-        if "test_head_clusters" in f:
-            result["head"] = {**clustering_scores(f["test_labels"], f["test_head_clusters"]), "clusters_used": int(np.unique(f["test_head_clusters"]).size)}
+    if protocol == "transfer":
+        if target not in cfg["transfer"]["datasets"]:
+            raise UserError(f"--target {target} is not one of eval.transfer.datasets {cfg['transfer']['datasets']} in the params file")
+        dataset, name, settings = target, paths.transfer_name(target), {"linear": cfg["linear"], "knn": cfg["knn"]}
     else:
-        raise ValueError(protocol)
-    out = paths.metrics_file(params, method, seed, protocol)
+        dataset, name, settings = params["dataset"], protocol, cfg[protocol]
+    f = load_features(paths.features_file(params, method, seed, dataset))
+    t0 = time.time()
+    result = FROZEN[protocol](f, cfg, seed)
+    out = paths.metrics_file(params, method, seed, name)
     write_json(out, {
-        "dataset": params["dataset"], "method": method, "seed": seed, "protocol": protocol,
-        "settings": cfg[protocol], "num_train": int(len(f["train_labels"])), "num_test": int(len(f["test_labels"])),
+        "dataset": dataset, "pretrained_on": params["dataset"], "method": method, "seed": seed, "protocol": protocol,
+        "settings": settings, "num_train": int(len(f["train_labels"])), "num_test": int(len(f["test_labels"])),
         "seconds": round(time.time() - t0, 2), "metrics": result,
     })
     return out

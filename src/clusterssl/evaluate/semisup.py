@@ -1,0 +1,145 @@
+"""Semi-supervised evaluation: fine-tune a backbone plus a new linear head on a class-balanced
+labelled subset of the train split (1 % or 10 %), then score top-1 on the test split.
+
+The recipe is the same for every encoder and fixed in `eval.semisup`: SGD with Nesterov
+momentum 0.9 and cosine decay over a fixed number of steps, random resized crop + flip, batch
+norm in training mode. The only choice, the learning rate (from the `lr` list; the head's is
+`head_lr_scale` times it), is made per encoder on a seeded, held-out `val_fraction` of the
+labelled subset, then the encoder is fine-tuned again on the whole subset with that rate:
+no test image or label reaches any choice. Rows:
+- a pretrained method: its evaluation encoder, from its checkpoint;
+- `scratch`: the same backbone, randomly initialised (what pretraining must beat);
+- `raw_pixels`: the linear probe on the subset's pixels, for as many steps as fine-tuning."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import paths
+from ..augment import random_resized_crop
+from ..data import load_prepared
+from ..data.splits import load_split
+from ..io import write_json
+from .features import raw_pixel_features
+from .protocols import select_and_probe
+
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std, cfg: dict, lr: float, seed: int, amp: bool) -> nn.Module:
+    """Backbone + new linear head trained with cross-entropy on uint8 NCHW `images` (on the
+    training device). `backbone` is modified in place: pass a copy."""
+    device = images.device
+    torch.manual_seed(seed)
+    head = nn.Linear(backbone.num_features, num_classes)
+    backbone.requires_grad_(True)  # an EMA teacher's copy arrives frozen
+    model = nn.Sequential(backbone, head).to(device).train()
+    groups = [{"params": list(backbone.parameters()), "lr": lr}, {"params": list(head.parameters()), "lr": lr * cfg["head_lr_scale"]}]
+    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
+    gen = torch.Generator(device=device).manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)
+    batch = min(cfg["batch_size"], len(images))
+    size = images.shape[-1]
+    queue = torch.empty(0, dtype=torch.long)
+    for _ in range(cfg["steps"]):
+        if len(queue) < batch:  # epochs of shuffled indices, as long as the steps need
+            queue = torch.cat([queue, torch.randperm(len(images), generator=order)])
+        idx, queue = queue[:batch].to(device), queue[batch:]
+        x = random_resized_crop(images[idx].float().div_(255), size, tuple(cfg["crop_scale"]), CROP_RATIO, cfg["flip"], gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(_normalise(x, mean, std)).float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = _normalise(images[i : i + batch_size].float().div(255), mean, std)
+        correct += int((model(x).argmax(1) == labels[i : i + batch_size]).sum())
+    return correct / max(1, len(images))
+
+
+def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, num_classes: int, mean, std, cfg: dict, seed: int, amp: bool, eval_batch: int) -> dict:
+    """Choose the learning rate on a held-out part of the labelled subset, refit on all of it,
+    score on test (the test tensors are used only for that last score)."""
+    val_top1 = {}
+    if len(cfg["lr"]) > 1:
+        perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_x)))
+        n_val = max(1, int(round(cfg["val_fraction"] * len(train_x))))
+        val, fit = perm[:n_val].to(train_x.device), perm[n_val:].to(train_x.device)
+        for lr in cfg["lr"]:
+            m = finetune(copy.deepcopy(backbone), train_x[fit], train_y[fit], num_classes, mean, std, cfg, lr, seed, amp)
+            val_top1[lr] = accuracy(m, train_x[val], train_y[val], mean, std, eval_batch)
+    best = max(cfg["lr"], key=lambda lr: val_top1.get(lr, 0.0))
+    model = finetune(copy.deepcopy(backbone), train_x, train_y, num_classes, mean, std, cfg, best, seed, amp)
+    return {
+        "top1": accuracy(model, test_x, test_y, mean, std, eval_batch),
+        "train_top1": accuracy(model, train_x, train_y, mean, std, eval_batch),
+        "lr": best,
+        "val_top1": {str(k): v for k, v in val_top1.items()},
+    }
+
+
+def semisup(params: dict, method: str, seed: int, fraction: float, threads: int | None = None) -> Path:
+    from ..backbones import create_backbone  # imported here: timm is slow to import
+    from ..train import load_trained, pick_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = params["eval"]["semisup"]
+    dataset = params["dataset"]
+    prepared = paths.prepared_dir(params, dataset)
+    train, test = load_prepared(prepared, "train"), load_prepared(prepared, "test")
+    subset = load_split(paths.split_file(params, dataset, fraction, seed), len(train))
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    t0 = time.time()
+    if method == paths.RAW_PIXELS:
+        lin = params["eval"]["linear"]
+        # the same number of optimiser steps as fine-tuning: a few epochs of a tiny subset underfit
+        epochs = max(1, math.ceil(cfg["steps"] / max(1, len(subset) // lin["batch_size"])))
+        result = select_and_probe(raw_pixel_features(train.images[subset]), train.labels[subset], raw_pixel_features(test.images), test.labels,
+                                  epochs, lin["lr"], lin["weight_decay"], lin["batch_size"], seed, lin["val_fraction"])
+        settings = {"linear": lin, "epochs": epochs}
+    else:
+        device = pick_device(params["pretrain"]["device"])
+        amp = params["pretrain"]["amp"] == "bf16" or (params["pretrain"]["amp"] == "auto" and device.type == "cuda")
+        as_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(device)
+        train_x, test_x = as_tensor(train.images[subset]), as_tensor(test.images)
+        train_y, test_y = torch.from_numpy(train.labels[subset]).to(device), torch.from_numpy(test.labels).to(device)
+        if method == paths.SCRATCH:
+            torch.manual_seed(seed)
+            backbone = create_backbone(params["backbone"], train_x.shape[1])
+            full = torch.from_numpy(train.images).float() / 255  # normalised like pretraining: train-set statistics
+            mean, std = full.mean(dim=(0, 1, 2)).to(device), full.std(dim=(0, 1, 2)).to(device)
+        else:
+            model, state = load_trained(paths.run_files(params, method, seed)[0], device)
+            backbone, mean, std = model.eval_encoder(), state["mean"].to(device), state["std"].to(device)
+        result = select_and_finetune(backbone.to(device), train_x, train_y, test_x, test_y, num_classes, mean, std, cfg, seed, amp, params["eval"]["batch_size"])
+        settings = cfg
+    out = paths.metrics_file(params, method, seed, paths.semisup_name(fraction))
+    write_json(out, {
+        "dataset": dataset, "method": method, "seed": seed, "protocol": "semisup", "fraction": fraction,
+        "settings": settings, "num_train": int(len(subset)), "num_test": int(len(test)),
+        "subset_sha256": hashlib.sha256(np.ascontiguousarray(subset, dtype=np.int64).tobytes()).hexdigest(),
+        "seconds": round(time.time() - t0, 2), "metrics": result,
+    })
+    return out
