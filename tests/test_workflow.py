@@ -106,6 +106,27 @@ def test_methods_all_puts_every_method_in_the_dag(tmp_path):
     assert len(evaluated) == 3 * (len(ALL_METHODS) + 1)  # three protocols, every method and raw pixels
 
 
+def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_path):
+    """A preset without some sections, plus --config overrides: the file every job reads is the
+    complete, validated config Snakemake scheduled from (typed: seeds are ints, not strings)."""
+    from clusterssl.config import load_params
+
+    preset = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    preset["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
+    del preset["report"], preset["eval"]["cluster"]
+    (tmp_path / "partial.yaml").write_text(yaml.safe_dump(preset))
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")  # the Snakefile's base config, in the workdir
+    jobs = snakemake_jobs(tmp_path, tmp_path / "partial.yaml", "--config", "seeds=[0,1]", "eval={semisup: {steps: 7}}")
+    merged = tmp_path / "results/params.snakemake.yaml"
+    assert all(f"--params {merged}" in j["cmd"] for j in jobs if j["cmd"])
+    params = load_params(merged)
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["seeds"] == [0, 1] and params["eval"]["semisup"]["steps"] == 7
+    assert params["report"] == default["report"] and params["eval"]["cluster"] == default["eval"]["cluster"]
+    assert params["dataset"] == "digits" and params["eval"]["linear"] == preset["eval"]["linear"]
+    assert sum(j["rule"] == "pretrain" for j in jobs) == 4  # two methods x two seeds
+
+
 def test_fmnist_all_preset_is_the_default_with_every_method():
     from clusterssl.config import load_params
     from clusterssl.paths import ALL_METHODS
