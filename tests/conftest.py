@@ -4,6 +4,10 @@ data/, results/ or exp/ directories."""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 import gzip
 import hashlib
 import struct
@@ -144,3 +148,61 @@ def method_params() -> dict:
         cfg["projector_hidden"], cfg["projector_out"] = 16, 8
     mp["carl"]["num_prototypes"] = 10
     return mp
+
+
+# --- the workflow end to end (tests/test_workflow.py, tests/test_slurm.py) ---------------------------
+ROOT = PROJECT_ROOT
+# the tiny preset transfers digits -> Fashion-MNIST: the real files, from Debian's package or a mirror
+needs_fashion_mnist = pytest.mark.skipif(
+    not (Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() or os.environ.get("CLUSTERSSL_DATA_MIRROR")),
+    reason="Fashion-MNIST not available offline: `apt-get install -y dataset-fashion-mnist` (as root) or set CLUSTERSSL_DATA_MIRROR",
+)
+BIN = Path(sys.executable).parent
+# the rules call `clusterssl` from PATH: make it this interpreter's, activated venv or not
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+# one method keeps the end-to-end runs short; the override also proves --config reaches the jobs
+TINY_OVERRIDE = ("--config", "methods=[carl]")
+
+
+def preset_in(tmp: Path, preset: str = "tiny", name: str = "params.yaml", **overrides) -> Path:
+    """A preset's params with its data and results inside `tmp`, written to tmp/name;
+    `a__b=v` sets params[a][b] = v."""
+    params = yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text())
+    params["paths"] = {"data": str(tmp / "data"), "results": str(tmp / "results")}
+    for key, value in overrides.items():
+        *sections, name = key.split("__")
+        d = params
+        for section in sections:
+            d = d[section]
+        d[name] = value
+    f = tmp / name
+    f.write_text(yaml.safe_dump(params))
+    return f
+
+
+def snakemake(workdir: Path, params: Path, *args: str) -> subprocess.CompletedProcess:
+    run = subprocess.run(
+        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", workdir, "--configfile", params, *args],
+        capture_output=True, text=True, env=ENV,
+    )
+    if run.returncode:
+        pytest.fail(f"snakemake {' '.join(map(str, args))} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory) -> Path:
+    """The tiny preset (CARL only) run once on this machine; tests that compare against it share it."""
+    workdir = tmp_path_factory.mktemp("tiny_local")
+    snakemake(workdir, preset_in(workdir), *TINY_OVERRIDE, "--cores", "2", "-q")
+    return workdir
+
+
+def metrics_of(workdir: Path) -> dict:
+    """Every metrics file of a run, without its wall time: what must not depend on where it ran."""
+    out = {}
+    for f in sorted((workdir / "results/metrics").rglob("*.json")):
+        record = json.loads(f.read_text())
+        record.pop("seconds", None)
+        out[str(f.relative_to(workdir))] = record
+    return out

@@ -3,11 +3,9 @@ whole DAG runs end to end on the `tiny` preset, under Snakemake and under DVC.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,16 +13,7 @@ import pytest
 import yaml
 
 from clusterssl.stages import STAGE_PARAMS
-
-ROOT = Path(__file__).resolve().parents[1]
-# the tiny preset transfers digits -> Fashion-MNIST: the real files, from Debian's package or a mirror
-needs_fashion_mnist = pytest.mark.skipif(
-    not (Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() or os.environ.get("CLUSTERSSL_DATA_MIRROR")),
-    reason="Fashion-MNIST not available offline: `apt-get install -y dataset-fashion-mnist` (as root) or set CLUSTERSSL_DATA_MIRROR",
-)
-BIN = Path(sys.executable).parent
-# the rules call `clusterssl` from PATH: make it this interpreter's, activated venv or not
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, needs_fashion_mnist, preset_in
 
 
 def normalise(cmd: str) -> str:
@@ -52,20 +41,6 @@ def snakemake_jobs(workdir: Path, configfile: Path, *extra: str) -> list[dict]:
             cmd = line[len("Shell command: "):].strip()
             job["cmd"] = None if cmd == "None" else cmd
     return jobs
-
-
-def preset_in(tmp: Path, preset: str = "tiny", **overrides) -> Path:
-    params = yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text())
-    params["paths"] = {"data": str(tmp / "data"), "results": str(tmp / "results")}
-    for key, value in overrides.items():
-        *sections, name = key.split("__")
-        d = params
-        for section in sections:
-            d = d[section]
-        d[name] = value
-    f = tmp / "params.yaml"
-    f.write_text(yaml.safe_dump(params))
-    return f
 
 
 def test_dvc_stages_match_snakemake_dag(tmp_path):
@@ -178,21 +153,16 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.e2e
 @needs_fashion_mnist
-def test_snakemake_tiny_end_to_end(tmp_path):
+def test_snakemake_tiny_end_to_end(tiny_local_run):
     """The tiny preset with a --config override (one method): every job reads the config
     Snakemake validated, so the report has exactly the rows the DAG scheduled."""
-    params = preset_in(tmp_path)
-    override = ("--config", "methods=[carl]")
-    subprocess.run(
-        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", params, *override, "--cores", "2", "-q"],
-        check=True, capture_output=True, text=True, env=ENV,
-    )
-    report = tmp_path / "results" / "report"
+    workdir = tiny_local_run
+    report = workdir / "results" / "report"
     for f in ["tables/main.csv", "tables/main.md", "tables/intervals.md", "figures/training_curves.png", "figures/embeddings.png", "index.md"]:
         assert (report / f).stat().st_size > 0, f
     table = pd.read_csv(report / "tables/main.csv").set_index("method")
     assert list(table.index) == ["raw_pixels", "scratch", "carl"]
-    assert yaml.safe_load((tmp_path / "results/params.snakemake.yaml").read_text())["methods"] == ["carl"]
+    assert yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())["methods"] == ["carl"]
     encoders = table.drop("scratch")
     for col in ["linear_top1_mean", "knn200_top1_mean", "knn20_top1_mean", "transfer_fashion_mnist_linear_top1_mean",
                 "transfer_fashion_mnist_knn20_top1_mean"]:
@@ -201,15 +171,15 @@ def test_snakemake_tiny_end_to_end(tmp_path):
         assert table[col].between(0, 100).all(), col
     # raw pixels on digits are easy: the probe must learn something real
     assert table.loc["raw_pixels", "linear_top1_mean"] > 80
-    assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
+    assert not list(workdir.rglob("*.tmp")), "temporary files left behind"
     # every row fine-tuned on the same labelled images
-    metrics = tmp_path / "results/metrics/digits"
+    metrics = workdir / "results/metrics/digits"
     subsets = {json.loads((metrics / m / "seed0/semisup_0.1.json").read_text())["subset_sha256"] for m in table.index}
     assert len(subsets) == 1
 
     # changing pretrain.epochs re-runs pretraining and everything downstream, nothing upstream
-    preset_in(tmp_path, pretrain__epochs=3)
-    jobs = [j for j in snakemake_jobs(tmp_path, params, *override) if j["cmd"]]
+    changed = preset_in(workdir, name="params.epochs3.yaml", pretrain__epochs=3)
+    jobs = [j for j in snakemake_jobs(workdir, changed, *TINY_OVERRIDE) if j["cmd"]]
     assert {j["rule"] for j in jobs} == {"pretrain", "embed", "evaluate", "transfer", "semisup", "report"}
     assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
 
@@ -221,14 +191,15 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, tmp_path / f)
     params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    params["methods"] = ["carl"]  # each DVC stage is a process of its own: one method keeps this test short
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**ENV, "DVC_NO_ANALYTICS": "1"}
     dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
     dvc("init", "--no-scm", "-q")
     dvc("repro")
     table = pd.read_csv(tmp_path / "results/tiny/report/tables/main.csv").set_index("method")
-    assert list(table.index) == ["raw_pixels", "scratch", "carl", "simclr"]
-    assert table["semisup_0.01_top1_mean"].notna().all() and table["transfer_fashion_mnist_linear_top1_mean"].notna().sum() == 3
+    assert list(table.index) == ["raw_pixels", "scratch", "carl"]
+    assert table["semisup_0.01_top1_mean"].notna().all() and table["transfer_fashion_mnist_linear_top1_mean"].notna().sum() == 2
     assert json.loads(dvc("status", "--json")) == {}
 
     params["pretrain"]["epochs"] = 3
@@ -239,3 +210,22 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
     out = dvc("repro")
     ran = set(re.findall(r"Running stage '([^'@]+)", out))
     assert ran == {"pretrain", "embed", "embed_transfer", "evaluate", "transfer", "semisup", "report"}, out
+
+
+def test_conda_environments_install_what_pyproject_lists():
+    """environment.yml and the rules' env install the project itself with pip, so their packages
+    are pyproject.toml's by construction; only Python comes from conda, at a version it allows."""
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for f, install in [(ROOT / "environment.yml", "-e .[dev]"), (ROOT / "workflow/envs/clusterssl.yaml", "-e ../..")]:
+        env = yaml.safe_load(f.read_text())
+        conda = [d for d in env["dependencies"] if isinstance(d, str)]
+        pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+        assert sorted(conda) == ["pip", "python=3.11"] and pip == [[install]], f
+        # the path resolves to this project from the file's folder (conda runs pip there)
+        assert (f.parent / install.split()[1].split("[")[0] / "pyproject.toml").resolve() == ROOT / "pyproject.toml", f
+    assert "3.11" in SpecifierSet(project["requires-python"])
+    assert any(d.startswith("snakemake-executor-plugin-slurm") for d in project["dependencies"])

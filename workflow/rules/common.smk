@@ -1,3 +1,4 @@
+from clusterssl import cluster
 from clusterssl.stages import stage_params
 
 RESULTS = str(paths.results_dir(config))
@@ -39,3 +40,31 @@ def embed_inputs(w):
     # another dataset's images are resized to the pretraining dataset's shape (its meta.json)
     source = prepared(DATASET) if w.dataset != DATASET else []
     return prepared(w.dataset) + source + run_files(w.method, w.seed)
+
+
+# Requests are fitted to the machine: Snakemake caps threads at --cores on one machine; under SLURM
+# clusterssl.cluster caps threads and memory at the partition's largest node (and says so), so a
+# cluster with smaller nodes than a rule asks for still runs it.
+def _node_limits():
+    plugin = workflow.executor_plugin
+    partition = getattr((workflow.resource_settings.default_resources or {}).get("slurm_partition"), "raw", None)
+    partition = str(partition).strip("'\"") or None if partition is not None else None
+    return cluster.limits_for(plugin.name if plugin else None, partition)
+
+
+def fit_threads(rule, n):
+    return lambda wildcards: cluster.fit(rule, "threads", n, _node_limits(), f"set-threads: {rule}")
+
+
+def fit_mem_mb(rule, mb):
+    return lambda wildcards: cluster.fit(rule, "mem_mb", mb, _node_limits(), f"set-resources: {rule}: mem_mb")
+
+
+def gpus():
+    """GPUs a training job asks for: one when it trains on CUDA ('auto' on a host that sees a GPU)."""
+    device = config["pretrain"]["device"]
+    if device == "auto":
+        import torch  # only then: importing torch costs a second per Snakemake start
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return int(device == "cuda")

@@ -8,9 +8,9 @@ rule fetch:
         log_file("fetch/{dataset}"),
     benchmark:
         benchmark_file("fetch/{dataset}")
-    threads: 1
+    threads: fit_threads("fetch", 1)
     resources:
-        mem_mb=1000,
+        mem_mb=fit_mem_mb("fetch", 1000),
     conda:
         ENV
     shell:
@@ -29,9 +29,9 @@ rule prepare:
         log_file("prepare/{dataset}"),
     benchmark:
         benchmark_file("prepare/{dataset}")
-    threads: 1
+    threads: fit_threads("prepare", 1)
     resources:
-        mem_mb=2000,
+        mem_mb=fit_mem_mb("prepare", 2000),
     conda:
         ENV
     shell:
@@ -50,9 +50,9 @@ rule split:
         log_file("split/{dataset}_{fraction}_seed{seed}"),
     benchmark:
         benchmark_file("split/{dataset}_{fraction}_seed{seed}")
-    threads: 1
+    threads: fit_threads("split", 1)
     resources:
-        mem_mb=2000,
+        mem_mb=fit_mem_mb("split", 2000),
     conda:
         ENV
     shell:

@@ -10,9 +10,9 @@ rule embed:
         log_file("embed/{dataset}/{method}_seed{seed}"),
     benchmark:
         benchmark_file("embed/{dataset}/{method}_seed{seed}")
-    threads: 2
+    threads: fit_threads("embed", 2)
     resources:
-        mem_mb=4000,
+        mem_mb=fit_mem_mb("embed", 4000),
     conda:
         ENV
     shell:
@@ -32,9 +32,9 @@ rule evaluate:
         log_file("eval/{protocol}/{method}_seed{seed}"),
     benchmark:
         benchmark_file("eval/{protocol}/{method}_seed{seed}")
-    threads: 1
+    threads: fit_threads("evaluate", 1)
     resources:
-        mem_mb=4000,
+        mem_mb=fit_mem_mb("evaluate", 4000),
     conda:
         ENV
     shell:
@@ -54,9 +54,9 @@ rule transfer:
         log_file("eval/transfer_{dataset}/{method}_seed{seed}"),
     benchmark:
         benchmark_file("eval/transfer_{dataset}/{method}_seed{seed}")
-    threads: 1
+    threads: fit_threads("transfer", 1)
     resources:
-        mem_mb=4000,
+        mem_mb=fit_mem_mb("transfer", 4000),
     conda:
         ENV
     shell:
@@ -78,10 +78,10 @@ rule semisup:
         log_file("eval/semisup_{fraction}/{method}_seed{seed}"),
     benchmark:
         benchmark_file("eval/semisup_{fraction}/{method}_seed{seed}")
-    threads: 1
+    threads: fit_threads("semisup", 1)
     resources:
-        mem_mb=4000,
-        gpu=1 if config["pretrain"]["device"] == "cuda" else 0,
+        mem_mb=fit_mem_mb("semisup", 4000),
+        gpu=gpus(),
     conda:
         ENV
     shell:

@@ -10,10 +10,12 @@ rule pretrain:
         log_file("pretrain/{method}_seed{seed}"),
     benchmark:
         benchmark_file("pretrain/{method}_seed{seed}")
-    threads: workflow.cores
+    threads: fit_threads("pretrain", 8)
+    # the longest jobs, on the critical path: before any evaluation that could wait
+    priority: 1
     resources:
-        mem_mb=8000,
-        gpu=1 if config["pretrain"]["device"] == "cuda" else 0,
+        mem_mb=fit_mem_mb("pretrain", 8000),
+        gpu=gpus(),
     conda:
         ENV
     shell:

@@ -27,9 +27,9 @@ rule report:
         log_file("report"),
     benchmark:
         benchmark_file("report")
-    threads: 2
+    threads: fit_threads("report", 2)
     resources:
-        mem_mb=4000,
+        mem_mb=fit_mem_mb("report", 4000),
     conda:
         ENV
     shell:
