@@ -229,3 +229,12 @@ def test_conda_environments_install_what_pyproject_lists():
         assert (f.parent / install.split()[1].split("[")[0] / "pyproject.toml").resolve() == ROOT / "pyproject.toml", f
     assert "3.11" in SpecifierSet(project["requires-python"])
     assert any(d.startswith("snakemake-executor-plugin-slurm") for d in project["dependencies"])
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    """`snakemake --lint` finds nothing to say about the workflow (rules, profiles' resources, logs)."""
+    run = subprocess.run(
+        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", ROOT / "config/presets/tiny.yaml", "--lint"],
+        capture_output=True, text=True, env=ENV,
+    )
+    assert run.returncode == 0 and "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr, run.stdout + run.stderr
