@@ -4,6 +4,7 @@ error must exit with status 2, name the offending key/file on stderr, and write 
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -76,6 +77,11 @@ INVALID = {
     "semisup_no_fractions": (_set(["eval", "semisup", "fractions"], []), "eval.semisup.fractions"),
     "semisup_crop_scale_reversed": (_set(["eval", "semisup", "crop_scale"], [0.9, 0.5]), "eval.semisup.crop_scale"),
     "semisup_missing_section": (_delete(["eval", "semisup"]), "eval.semisup"),
+    "negative_lr": (_set(["pretrain", "lr"], -0.1), "pretrain.lr"),
+    "batch_of_zero": (_set(["pretrain", "batch_size"], 0), "pretrain.batch_size"),
+    "crop_scale_reversed": (_set(["augment", "crop_scale"], [1.0, 0.3]), "augment.crop_scale"),
+    "no_methods": (_set(["methods"], []), "methods"),
+    "seed_below_zero": (_set(["seeds"], [-1]), "seeds"),
 }
 
 
@@ -320,7 +326,7 @@ def test_transfer_target_must_be_in_params(tmp_path, capsys, digits_params):
     assert "eval.transfer.datasets" in err
     rc, _, err = run(capsys, digits_params, "embed", "--method", paths.RAW_PIXELS, "--dataset", "nosuch")
     assert_user_error(rc, err)
-    assert "eval.transfer.datasets" in err
+    assert "--dataset: invalid choice: 'nosuch'" in err
     assert all_files(tmp_path / "results") == []
 
 
@@ -336,3 +342,31 @@ def test_raw_pixel_semisup_on_a_split(tmp_path, capsys, digits_params):
     assert rc == 0, err
     m = json.loads(paths.metrics_file(params, paths.RAW_PIXELS, 2, "semisup_0.1").read_text())
     assert m["num_train"] == 130 and m["metrics"]["top1"] > 0.7  # 13 labelled digits per class
+
+
+@pytest.mark.parametrize(
+    "argv, wrong",
+    [
+        (["eval", "linear", "--method", "../../x"], "--method: invalid choice: '../../x'"),
+        (["embed", "--method", "/tmp/x"], "--method: invalid choice: '/tmp/x'"),
+        (["pretrain", "--method", "carl", "--seed", "-1"], "--seed: '-1' is not a seed"),
+        (["eval", "knn", "--method", "carl", "--seed", "1.5"], "--seed: '1.5' is not a seed"),
+        (["data", "fetch", "../outside"], "invalid choice: '../outside'"),
+        (["embed", "--method", "carl", "--dataset", "../x"], "--dataset: invalid choice"),
+        (["eval", "transfer", "--method", "carl", "--target", "/etc"], "--target: invalid choice"),
+    ],
+)
+def test_names_that_would_leave_the_data_or_results_folders_are_refused(tmp_path, capsys, digits_params, argv, wrong):
+    rc, _, err = run(capsys, digits_params, *argv)
+    assert_user_error(rc, err)
+    assert wrong in err, err
+    assert all_files(tmp_path / "results") == [] and not (tmp_path.parent / "x").exists()
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seeds: [0]\npretrain:\n  lr: [0.1\n  epochs: 3\n")
+    rc, out, err = run(capsys, bad, "pretrain", "--method", "carl")
+    assert_user_error(rc, err)
+    assert str(bad) in err and "not valid YAML" in err and re.search(r"line \d", err), err
+    assert not (tmp_path / "results").exists()

@@ -14,7 +14,7 @@ import pytest
 
 from clusterssl import data
 from clusterssl.data import digits, fashion_mnist
-from clusterssl.io import UserError
+from clusterssl.io import UserError, file_sha256
 from conftest import FMNIST_NAMES, hidden_entries, idx_bytes, make_fake_fmnist, write_gz
 
 LAST = "t10k-labels-idx1-ubyte.gz"  # fetched last: the first three are already copied when it fails
@@ -114,7 +114,7 @@ def test_fetch_corrupt_archive(tmp_path, fake_fmnist, how, name):
         data.fetch("fashion_mnist", raw)
     msg = str(info.value)
     assert "checksum" in msg or "corrupt" in msg
-    assert name in msg
+    assert msg.startswith(str(fake_fmnist["dir"] / name)), "the mirror's file is named, not a temporary copy"
     assert not raw.exists()
     assert hidden_entries(raw.parent) == []
 
@@ -245,6 +245,25 @@ def test_load_prepared_missing(tmp_path):
         data.load_prepared(tmp_path, "train")
     with pytest.raises(UserError, match="not found"):
         data.load_meta(tmp_path)
+
+
+def test_prepared_files_carry_checksums_and_damaged_ones_are_refused(tmp_path):
+    raw = data.fetch("digits", tmp_path / "raw" / "digits")
+    out = data.prepare("digits", raw, tmp_path / "prepared" / "digits")
+    meta = data.load_meta(out)
+    assert meta["sha256"] == {f: file_sha256(out / f) for f in ("train.npz", "test.npz")}
+    good = (out / "train.npz").read_bytes()
+
+    (out / "train.npz").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(UserError, match=r"train.npz: changed or damaged since it was prepared .* run `clusterssl data prepare` again"):
+        data.load_prepared(out, "train")
+    del meta["sha256"]  # a folder prepared before checksums: the damage is still one clear error
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"train.npz: not a prepared split \(BadZipFile"):
+        data.load_prepared(out, "train")
+    (out / "meta.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"meta.json: not valid JSON"):
+        data.load_meta(out)
 
 
 # --- read_idx -------------------------------------------------------------------------------

@@ -2,6 +2,11 @@
 paths (bf16 autocast, channels_last, torch.compile) exercised on the CPU."""
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +16,7 @@ import yaml
 
 from clusterssl import data, paths, train
 from clusterssl.config import validate
+from clusterssl.io import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +35,7 @@ def tiny(tmp_path):
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypatch, capsys):
     straight = train.pretrain(tiny, "carl", 0, threads=1, progress=False)
-    reference = torch.load(straight / "checkpoint.pt", weights_only=False)["model"]
+    reference = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
     for f in straight.iterdir():
         f.unlink()
 
@@ -53,18 +59,87 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypa
     train.pretrain(tiny, "carl", 0, threads=1, progress=False)
     assert "resuming" in capsys.readouterr().out
     assert not (straight / "resume.pt").exists()
-    resumed = torch.load(straight / "checkpoint.pt", weights_only=False)["model"]
+    resumed = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
     for k in reference:
         assert torch.allclose(reference[k].float(), resumed[k].float(), atol=1e-5), k
     assert list(pd.read_csv(straight / "history.csv")["epoch"]) == [1, 2]
 
 
-def test_resume_file_from_other_params_is_ignored(tiny, capsys):
+def test_resume_file_from_other_params_is_set_aside(tiny, capsys):
     run = paths.run_dir(tiny, "simclr", 0)
     run.mkdir(parents=True)
     torch.save({"fingerprint": "something else"}, run / "resume.pt")
     train.pretrain(tiny, "simclr", 0, threads=1, progress=False)
-    assert "ignoring" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not resuming" in out and "other params" in out and "resume.pt.rejected" in out
+    assert (run / "resume.pt.rejected").exists() and (run / "checkpoint.pt").exists()
+
+
+class CreatesAFile:
+    """A pickle that, when loaded by an unsafe loader, creates the file it names."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_crafted_resume_file_runs_no_code_and_is_set_aside(tiny, tmp_path, capsys):
+    run = paths.run_dir(tiny, "carl", 0)
+    run.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"fingerprint": CreatesAFile(marker)}, run / "resume.pt")
+    train.pretrain(tiny, "carl", 0, threads=1, progress=False)
+    assert not marker.exists()
+    out = capsys.readouterr().out
+    assert "not a clusterssl resume checkpoint" in out and "training from epoch 1" in out
+    assert (run / "resume.pt.rejected").exists() and not (run / "resume.pt").exists()
+
+
+@pytest.fixture
+def carl_run(tiny):
+    tiny["pretrain"]["epochs"] = 1
+    return train.pretrain(tiny, "carl", 0, threads=1, progress=False)
+
+
+def test_crafted_checkpoint_runs_no_code(tiny, carl_run, tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save(CreatesAFile(marker), carl_run / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a clusterssl checkpoint \(torch.load, weights only"):
+        train.load_trained(tiny, "carl", 0)
+    assert not marker.exists()
+
+
+def test_checkpoint_from_another_method_seed_or_params_is_refused(tiny, carl_run):
+    model, state = train.load_trained(tiny, "carl", 0)  # its own: fine
+    assert state["seed"] == 0
+    simclr = paths.run_dir(tiny, "simclr", 0)
+    simclr.mkdir(parents=True)
+    shutil.copy(carl_run / "checkpoint.pt", simclr / "checkpoint.pt")  # copied over another run
+    with pytest.raises(UserError, match="holds a 'carl' run with seed 0 .* not 'simclr' seed 0; delete it"):
+        train.load_trained(tiny, "simclr", 0)
+    seed1 = paths.run_dir(tiny, "carl", 1)
+    seed1.mkdir(parents=True)
+    shutil.copy(carl_run / "checkpoint.pt", seed1 / "checkpoint.pt")
+    with pytest.raises(UserError, match="not 'carl' seed 1"):
+        train.load_trained(tiny, "carl", 1)
+    tiny["pretrain"]["epochs"] = 3  # params changed since it was trained
+    with pytest.raises(UserError, match=r"made with other params \(pretrain differ"):
+        train.load_trained(tiny, "carl", 0)
+
+
+def test_truncated_or_foreign_checkpoint_is_refused(tiny, carl_run):
+    checkpoint = carl_run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(UserError, match="not a clusterssl checkpoint"):
+        train.load_trained(tiny, "carl", 0)
+    torch.save({"model": {}}, checkpoint)
+    with pytest.raises(UserError, match="missing config, seed"):
+        train.load_trained(tiny, "carl", 0)
+    torch.save([1, 2], checkpoint)
+    with pytest.raises(UserError, match="holds a list"):
+        train.load_trained(tiny, "carl", 0)
 
 
 @pytest.mark.parametrize("method", ["carl", "simclr"])
@@ -93,3 +168,101 @@ def test_on_epoch_start_gets_each_epochs_current_features(tiny, monkeypatch):
     assert sorted(seen) == [0, 1]
     assert seen[0].shape == (256, 32)  # max_train images x the tiny backbone's feature width
     assert not torch.equal(seen[0], seen[1])  # epoch 1 sees the encoder after an epoch of training
+
+
+# --- preemption: real signals to a real `clusterssl pretrain` process --------------------------------
+def _pretrain_cmd(params_file, method="carl"):
+    return [Path(sys.executable).parent / "clusterssl", "--params", str(params_file), "pretrain", "--method", method,
+            "--seed", "0", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(params=["carl"])
+def signal_run(request, tiny, tmp_path):
+    """A method on all digits (22 steps an epoch), 3 epochs, a resume point after each; and the
+    weights of the same run uninterrupted, to compare with."""
+    method = request.param
+    tiny["data"]["max_train"] = None
+    tiny["pretrain"].update(epochs=3, checkpoint_every=1)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny))
+    cmd = _pretrain_cmd(params_file, method)
+    subprocess.run(cmd, check=True, capture_output=True)
+    run = paths.run_dir(tiny, method, 0)
+    reference = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    history = pd.read_csv(run / "history.csv")
+    shutil.rmtree(run)
+    return cmd, run, reference, history
+
+
+def _start_and_wait_for_epoch(cmd, epoch):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith(f'{{"epoch": {epoch},'):
+            return proc
+    raise AssertionError(f"pretraining ended before epoch {epoch}: {proc.stderr.read()}")
+
+
+def _assert_same_run(run, reference, history):
+    resumed = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(reference[k], resumed[k]), f"{k} differs from the uninterrupted run"
+    numbers = lambda h: h.drop(columns=["seconds", "images_per_s"])
+    pd.testing.assert_frame_equal(numbers(pd.read_csv(run / "history.csv")), numbers(history))
+    assert not (run / "resume.pt").exists() and not list(run.glob(".*.tmp"))
+
+
+# state beyond weights and optimizer: an EMA teacher (BYOL), a queue (MoCo v2), per-instance
+# buffers (CoKe), centres placed by k-means at the start of epoch 2 (CADC in the tiny preset)
+@pytest.mark.parametrize("signal_run", ["carl", "byol", "moco_v2", "coke", "cadc"], indirect=True)
+def test_sigterm_saves_at_the_next_step_and_a_rerun_resumes_bit_for_bit(signal_run):
+    cmd, run, reference, history = signal_run
+    proc = _start_and_wait_for_epoch(cmd, 1)
+    proc.send_signal(signal.SIGTERM)  # lands in epoch 2 (or at its first step)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM at epoch 2, step" in err and "run the same command again" in err
+    state = torch.load(run / "resume.pt", weights_only=True)
+    assert state["epoch"] == 1 and "step" in state
+    assert not (run / "checkpoint.pt").exists()
+
+    rerun = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert f"at epoch 2, step {state['step']}" in rerun.stdout
+    _assert_same_run(run, reference, history)
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_epoch_checkpoint_bit_for_bit(signal_run):
+    cmd, run, reference, history = signal_run
+    proc = _start_and_wait_for_epoch(cmd, 2)
+    while not (run / "resume.pt").exists() or torch.load(run / "resume.pt", weights_only=True)["epoch"] < 2:
+        assert proc.poll() is None, "pretraining ended before it could be killed"
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: nothing runs, nothing is saved
+    proc.communicate(timeout=60)
+    (run / ".history.csv.leftover.tmp").write_text("a killed atomic write")  # what a kill mid-write leaves
+    rerun = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert f"resuming {run} at epoch 3, step 0" in rerun.stdout
+    _assert_same_run(run, reference, history)
+
+
+def test_nan_stops_naming_epoch_step_and_term_and_keeps_the_last_checkpoint(tiny, monkeypatch):
+    from clusterssl.methods.base import get_method
+
+    carl = get_method("carl")
+    original = carl.training_step
+
+    def poisoned(self, batch):
+        terms = original(self, batch)
+        if poisoned.calls == 5:  # 4 steps an epoch: epoch 2, step 1
+            terms["entropy_kl"] = torch.tensor(float("nan"))
+            terms["loss"] = terms["loss"] + terms["entropy_kl"]
+        poisoned.calls += 1
+        return terms
+
+    poisoned.calls = 0
+    monkeypatch.setattr(carl, "training_step", poisoned)
+    with pytest.raises(UserError, match=r"loss became nan at epoch 2, step 1 \(entropy_kl = nan\); .*resume.pt \(the last epoch checkpoint\) is kept"):
+        train.pretrain(tiny, "carl", 0, threads=1, progress=False)
+    run = paths.run_dir(tiny, "carl", 0)
+    assert torch.load(run / "resume.pt", weights_only=True)["epoch"] == 1
+    assert not (run / "checkpoint.pt").exists()

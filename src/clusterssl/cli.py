@@ -84,27 +84,45 @@ def cmd_report(args):
     print(build_report(_params(args), reference=Path(args.reference) if args.reference else None))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .paths import PROTOCOLS
+def seed(text: str) -> int:
+    """A seed as params allow it (an integer >= 0): it names folders, so nothing else gets through."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: an integer >= 0")
+    return int(text)
 
-    ap = argparse.ArgumentParser(prog="clusterssl", description=__doc__)
+
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes are reported like every other error: one line, exit status 2."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import SOURCES
+    from .paths import ALL_METHODS, PROTOCOLS, RAW_PIXELS, SCRATCH
+
+    # names become folder names under data/ and results/: only known ones, never a path
+    methods, datasets = (*ALL_METHODS, RAW_PIXELS, SCRATCH), tuple(SOURCES)
+
+    ap = Parser(prog="clusterssl", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = ap.add_subparsers(dest="verb", required=True)
 
     d = sub.add_parser("data", help="fetch or prepare a dataset").add_subparsers(dest="action", required=True)
     for name, fn in (("fetch", cmd_fetch), ("prepare", cmd_prepare)):
         s = d.add_parser(name)
-        s.add_argument("dataset", nargs="?", help="dataset name (default: params 'dataset')")
+        s.add_argument("dataset", nargs="?", choices=datasets, help="dataset name (default: params 'dataset')")
         s.set_defaults(fn=fn)
     s = d.add_parser("split", help="a class-balanced labelled subset of the train split (semi-supervised evaluation)")
-    s.add_argument("dataset", nargs="?", help="dataset name (default: params 'dataset')")
+    s.add_argument("dataset", nargs="?", choices=datasets, help="dataset name (default: params 'dataset')")
     s.add_argument("--fraction", type=float, required=True, help="one of eval.semisup.fractions")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.set_defaults(fn=cmd_split)
 
     def run_args(s, threads=True):
-        s.add_argument("--method", required=True)
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--method", required=True, choices=methods)
+        s.add_argument("--seed", type=seed, default=0)
         if threads:
             s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
@@ -115,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("embed", help="extract frozen features of a pretrained run (or raw_pixels)")
     run_args(s)
-    s.add_argument("--dataset", default=None, help="embed this dataset's images (default: params 'dataset'; else one of eval.transfer.datasets)")
+    s.add_argument("--dataset", default=None, choices=datasets, help="embed this dataset's images (default: params 'dataset'; else one of eval.transfer.datasets)")
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("eval", help="evaluate frozen features with one protocol")
     s.add_argument("protocol", choices=PROTOCOLS)
     run_args(s)
-    s.add_argument("--target", default=None, help="transfer: the target dataset (one of eval.transfer.datasets)")
+    s.add_argument("--target", default=None, choices=datasets, help="transfer: the target dataset (one of eval.transfer.datasets)")
     s.add_argument("--fraction", type=float, default=None, help="semisup: the labelled fraction (one of eval.semisup.fractions)")
     s.set_defaults(fn=cmd_eval)
 
@@ -132,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.fn(args)
     except UserError as exc:
         print(f"clusterssl: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     return 0
 
 

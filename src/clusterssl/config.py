@@ -46,9 +46,14 @@ def validate(params: dict, source: str = "params") -> dict:
             f"{source}: invalid value for key 'eval.transfer.datasets': it lists the pretraining dataset "
             f"'{params['dataset']}'; transfer evaluates on other datasets: remove it from the list"
         )
-    lo, hi = params["eval"]["semisup"]["crop_scale"]
-    if lo > hi:
-        raise UserError(f"{source}: invalid value for key 'eval.semisup.crop_scale': low {lo} > high {hi}; swap them")
+    for key in ("augment.crop_scale", "augment.crop_ratio", "augment.local_scale", "eval.semisup.crop_scale"):
+        section, name = key.rsplit(".", 1)
+        d = params
+        for part in section.split("."):
+            d = d[part]
+        lo, hi = d[name]
+        if lo > hi:
+            raise UserError(f"{source}: invalid value for key '{key}': low {lo} > high {hi}; swap them")
     return params
 
 

@@ -3,6 +3,7 @@ so an interrupted or failed stage never leaves a partial output behind."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,15 @@ os.umask(_UMASK)
 class UserError(Exception):
     """An error the user can fix (bad params, missing data, corrupt archive, wrong checkpoint).
 
-    The CLI prints the message alone (no traceback) and exits with status 2."""
+    The CLI prints the message alone (no traceback) and exits with `exit_status`."""
+
+    exit_status = 2
+
+
+class Preempted(UserError):
+    """Stopped by SIGTERM (a scheduler's preemption) after saving what a re-run resumes from."""
+
+    exit_status = 143  # 128 + SIGTERM, what the shell reports for a process SIGTERM killed
 
 
 @contextlib.contextmanager
@@ -68,4 +77,15 @@ def read_json(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found; run the stage that produces it first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); delete it and run the stage that produces it again") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

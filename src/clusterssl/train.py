@@ -10,6 +10,9 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from .augment import AugmentConfig, make_views
 from .backbones import create_backbone
 from .config import fingerprint
 from .data import load_meta, load_prepared
-from .io import UserError, atomic_path, write_json
+from .io import Preempted, UserError, atomic_path, write_json
 from .methods.base import Method, get_method
 
 PRETRAIN_KEYS = ("dataset", "data", "backbone", "augment", "pretrain")
@@ -99,6 +102,36 @@ def lr_at(step: int, total: int, warmup: int, base: float, final_ratio: float = 
     return base * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+class SigtermAtStepBoundary:
+    """While active, SIGTERM (how SLURM and most schedulers preempt) only raises a flag that the
+    training loop reads between two steps, so it can save a resume point and stop cleanly."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files that a killed run's atomic writes left behind (nothing else writes here)."""
+    for tmp in folder.glob(".*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def pretrain(params: dict, method_name: str, seed: int, threads: int | None = None, progress: bool = True) -> Path:
     cfg = pretrain_config(params, method_name)
     tcfg = cfg["pretrain"]
@@ -119,6 +152,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     model = build_method(cfg, in_chans, num_classes, len(images)).to(device)
     model.check_schedule(tcfg["epochs"])
     out.mkdir(parents=True, exist_ok=True)  # only once data and params passed: a failed start leaves nothing
+    remove_stale_temporaries(out)
     channels_last = tcfg["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -139,19 +173,31 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     fp = fingerprint({**cfg, "seed": seed})
     resume_file = out / "resume.pt"
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, start_step, mid_epoch = 0, 0, None
     if resume_file.exists():
-        state = torch.load(resume_file, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fp:
+        try:
+            state = _load_state(resume_file, device, "resume checkpoint")
+            if state.get("fingerprint") != fp:
+                raise UserError(f"{resume_file}: made with other params than this run's")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["gen"].cpu())
             order_gen.set_state(state["order_gen"].cpu())
             torch.set_rng_state(state["torch_rng"].cpu())
             history, start_epoch = state["history"], state["epoch"]
-            print(f"resuming {out} from epoch {start_epoch}")
+            if "step" in state:  # saved on SIGTERM between two steps of an epoch
+                start_step, mid_epoch = state["step"], {"perm": state["perm"].to(device), "sums": state["sums"]}
+        except (UserError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            # never trusted and never in the way of later runs: set aside for a look
+            aside = resume_file.with_name("resume.pt.rejected")
+            os.replace(resume_file, aside)
+            reason = exc if isinstance(exc, UserError) else f"{resume_file}: {type(exc).__name__}: {str(exc)[:200]}"
+            if isinstance(exc, UserError):  # refused before anything was loaded: train from the start
+                print(f"not resuming: {reason}; moved it to {aside}; training from epoch 1", flush=True)
+            else:
+                raise UserError(f"{reason}; moved it to {aside}: run the same command again to train from epoch 1") from None
         else:
-            print(f"ignoring {resume_file}: it was made with different params")
+            print(f"resuming {out} at epoch {start_epoch + 1}, step {start_step}")
 
     norm = lambda v: ((v - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
@@ -165,46 +211,65 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         model.backbone.train(was_training)
         return feats
 
-    for epoch in range(start_epoch, tcfg["epochs"]):
-        model.on_epoch_start(epoch, encode_train_set)
-        model.train()
-        t0 = time.time()
-        sums: dict[str, float] = {}
-        perm = torch.randperm(len(images), generator=order_gen).to(device)
-        bar = tqdm(range(steps_per_epoch), desc=f"{method_name} epoch {epoch + 1}/{tcfg['epochs']}", disable=not progress, mininterval=5, leave=False)
-        for it in bar:
-            step = epoch * steps_per_epoch + it
-            lr = lr_at(step, total_steps, tcfg["warmup_epochs"] * steps_per_epoch, base_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            idx = perm[it * batch : (it + 1) * batch]
-            x = images[idx].float().div_(255)
-            views = make_views(x, model.view_spec, aug, gen)
-            b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
-            b["index"], b["epoch"] = idx, epoch
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms = step_fn(b)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"{method_name}: loss became {loss.item()} at epoch {epoch + 1}, step {it}; "
-                    "lower pretrain.lr or raise the method's temperature in params"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.after_optimizer_step((step + 1) / total_steps)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if it % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        model.on_epoch_end(epoch)
-        dt = time.time() - t0
-        history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr, "seconds": round(dt, 2), "images_per_s": round(steps_per_epoch * batch / dt, 1)})
-        print(json.dumps(history[-1]), flush=True)
-        if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
-            with atomic_path(resume_file) as tmp:
-                torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1}, tmp)
+    def resume_state(**extra) -> dict:
+        return {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
+                "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, **extra}
+
+    with SigtermAtStepBoundary() as sigterm:
+        for epoch in range(start_epoch, tcfg["epochs"]):
+            if mid_epoch is None:
+                model.on_epoch_start(epoch, encode_train_set)
+                sums: dict[str, float] = {}
+                perm = torch.randperm(len(images), generator=order_gen).to(device)
+                first_step = 0
+            else:  # the epoch a SIGTERM interrupted: same order, same running sums, its start hook already ran
+                sums, perm, first_step, mid_epoch = mid_epoch["sums"], mid_epoch["perm"], start_step, None
+            model.train()
+            t0 = time.time()
+            bar = tqdm(range(first_step, steps_per_epoch), desc=f"{method_name} epoch {epoch + 1}/{tcfg['epochs']}", disable=not progress, mininterval=5, leave=False)
+            for it in bar:
+                if sigterm.received:
+                    with atomic_path(resume_file) as tmp:
+                        torch.save(resume_state(epoch=epoch, step=it, perm=perm.cpu(), sums=sums), tmp)
+                    raise Preempted(
+                        f"{method_name}: stopped by SIGTERM at epoch {epoch + 1}, step {it}; saved {resume_file}: "
+                        "run the same command again to resume from there"
+                    )
+                step = epoch * steps_per_epoch + it
+                lr = lr_at(step, total_steps, tcfg["warmup_epochs"] * steps_per_epoch, base_lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = perm[it * batch : (it + 1) * batch]
+                x = images[idx].float().div_(255)
+                views = make_views(x, model.view_spec, aug, gen)
+                b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
+                b["index"], b["epoch"] = idx, epoch
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    terms = step_fn(b)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    bad = [f"{k} = {float(v)}" for k, v in terms.items() if k != "loss" and not torch.isfinite(v).all()]
+                    kept = f"; {resume_file} (the last epoch checkpoint) is kept" if resume_file.exists() else ""
+                    raise UserError(
+                        f"{method_name}: loss became {loss.item()} at epoch {epoch + 1}, step {it} "
+                        f"({', '.join(bad) or 'no single term is non-finite: their sum overflowed'}){kept}; "
+                        "lower pretrain.lr or raise the method's temperature in params"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                model.after_optimizer_step((step + 1) / total_steps)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                if it % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            model.on_epoch_end(epoch)
+            dt = time.time() - t0
+            history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr, "seconds": round(dt, 2), "images_per_s": round((steps_per_epoch - first_step) * batch / dt, 1)})
+            print(json.dumps(history[-1]), flush=True)
+            if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
+                with atomic_path(resume_file) as tmp:
+                    torch.save(resume_state(epoch=epoch + 1), tmp)
 
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "num_train": len(images), "mean": mean.cpu(), "std": std.cpu()}, tmp)
@@ -220,13 +285,43 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     return out
 
 
-def load_trained(checkpoint: Path, device: torch.device = torch.device("cpu")) -> tuple[Method, dict]:
-    if not checkpoint.exists():
-        raise UserError(f"{checkpoint}: checkpoint not found; run `clusterssl pretrain` first")
+def _load_state(path: Path, device: torch.device, what: str) -> dict:
+    """A file this project wrote with torch.save, loaded without running any code it may hold
+    (weights_only: tensors, dicts, lists, numbers and strings only). UserError if it is not one."""
     try:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model = build_method(state["config"], state["in_chans"], state["num_classes"], state["num_train"])
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # UnpicklingError, zip/EOF errors, RuntimeError: all mean "not ours"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a clusterssl {what} (torch.load, weights only: {reason})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a clusterssl {what} (it holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def load_trained(params: dict, method: str, seed: int, device: torch.device = torch.device("cpu")) -> tuple[Method, dict]:
+    """The encoder `clusterssl pretrain --method method --seed seed` made with these params.
+    Refuses a checkpoint made by another method, seed or pretraining config (e.g. copied over)."""
+    checkpoint = paths.run_files(params, method, seed)[0]
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: checkpoint not found; run `clusterssl pretrain --method {method} --seed {seed}` first")
+    fix = f"delete it and run `clusterssl pretrain --method {method} --seed {seed}`"
+    state = _load_state(checkpoint, device, "checkpoint")
+    missing = [k for k in ("config", "seed", "model", "in_chans", "num_classes", "num_train", "mean", "std") if k not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise UserError(f"{checkpoint}: not a clusterssl checkpoint (missing {', '.join(missing) or 'config'}); {fix}")
+    saved, expected = state["config"], pretrain_config(params, method)
+    if saved.get("method") != method or state["seed"] != seed:
+        raise UserError(
+            f"{checkpoint}: holds a {saved.get('method')!r} run with seed {state['seed']} "
+            f"(backbone {saved.get('backbone', {}).get('name')!r}, dataset {saved.get('dataset')!r}), "
+            f"not {method!r} seed {seed}; {fix}"
+        )
+    if fingerprint(saved) != fingerprint(expected):
+        differ = [k for k in expected if saved.get(k) != expected[k]] or ["(keys)"]
+        raise UserError(f"{checkpoint}: made with other params ({', '.join(differ)} differ from the current ones); {fix}")
+    try:
+        model = build_method(saved, state["in_chans"], state["num_classes"], state["num_train"])
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, EOFError) as exc:
-        raise UserError(f"{checkpoint}: not a clusterssl checkpoint or made by another version ({exc}); delete it and pretrain again") from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{checkpoint}: its weights do not fit the {method} model ({str(exc)[:200]}); {fix}") from None
     return model.to(device).eval(), state

@@ -4,11 +4,12 @@ Prepared format (DESIGN.md): `train.npz` / `test.npz` with `images` (uint8, N x 
 `labels` (int64), plus `meta.json` (name, classes, shape, counts, checksums of the outputs)."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..io import UserError, atomic_dir, read_json, write_json
+from ..io import UserError, atomic_dir, file_sha256, read_json, write_json
 from . import digits, fashion_mnist
 
 SOURCES = {"fashion_mnist": fashion_mnist, "digits": digits}
@@ -46,6 +47,8 @@ def prepare(name: str, raw_dir: Path, out_dir: Path) -> Path:
                 "image_shape": list(xtr.shape[1:]),
                 "num_train": int(len(xtr)),
                 "num_test": int(len(xte)),
+                # load_prepared checks these: a file changed or damaged since is refused
+                "sha256": {f"{split}.npz": file_sha256(tmp / f"{split}.npz") for split in ("train", "test")},
             },
         )
     return out_dir
@@ -65,8 +68,15 @@ def load_prepared(prepared_dir: Path, split: str, limit: int | None = None) -> S
     f = Path(prepared_dir) / f"{split}.npz"
     if not f.exists():
         raise UserError(f"{f}: prepared data not found; run `clusterssl data prepare` first")
-    with np.load(f) as z:
-        images, labels = z["images"], z["labels"]
+    fix = f"delete {Path(prepared_dir)} and run `clusterssl data prepare` again"
+    expected = load_meta(prepared_dir).get("sha256", {}).get(f.name) if (Path(prepared_dir) / "meta.json").exists() else None
+    if expected is not None and file_sha256(f) != expected:
+        raise UserError(f"{f}: changed or damaged since it was prepared (SHA-256 differs from meta.json); {fix}")
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
+        raise UserError(f"{f}: not a prepared split ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
     if limit is not None and limit < len(labels):
         # a fixed, class-stratified-by-shuffle subset so quick runs still see every class
         idx = np.random.default_rng(0).permutation(len(labels))[:limit]

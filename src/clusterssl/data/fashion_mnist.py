@@ -36,22 +36,23 @@ FILES = {
 }
 
 
-def content_sha256(path: Path) -> str:
+def content_sha256(path: Path, shown_as: str | None = None) -> str:
     h = hashlib.sha256()
     try:
         with gzip.open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(f"{path}: corrupt archive ({exc}); delete it and fetch again") from None
+        raise UserError(f"{shown_as or path}: corrupt archive ({exc}); delete it and fetch again") from None
     return h.hexdigest()
 
 
-def verify(path: Path, expected: str) -> None:
-    got = content_sha256(path)
+def verify(path: Path, expected: str, shown_as: str | None = None) -> None:
+    """`shown_as`: where the file came from (a mirror), which is what the user can fix."""
+    got = content_sha256(path, shown_as)
     if got != expected:
         raise UserError(
-            f"{path}: checksum mismatch (SHA-256 of the decompressed data is {got}, expected {expected}); "
+            f"{shown_as or path}: checksum mismatch (SHA-256 of the decompressed data is {got}, expected {expected}); "
             "the archive is corrupt or not the original Fashion-MNIST: delete it and fetch again"
         )
 
@@ -90,13 +91,14 @@ def fetch(out_dir: Path) -> None:
     tried = _candidates()
     for name, sha in FILES.items():
         dest = out_dir / name
-        if not any(_get(loc, name, dest) for loc in tried):
+        origin = next((loc for loc in tried if _get(loc, name, dest)), None)
+        if origin is None:
             raise UserError(
                 f"Fashion-MNIST file {name} not found in any of: {', '.join(tried)}. Offline? "
                 f"Install Debian's package (`apt-get install -y dataset-fashion-mnist`, it puts the files in "
                 f"{DEBIAN_DIR}) or set {MIRROR_ENV} to a directory holding the four .gz files."
             )
-        verify(dest, sha)
+        verify(dest, sha, shown_as=origin + name if origin.endswith("/") else str(Path(origin) / name))
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -68,7 +68,7 @@ def embed(params: dict, method: str, seed: int, dataset: str | None = None, thre
         out["test_features"] = raw_pixel_features(test.images)
     else:
         device = pick_device(params["pretrain"]["device"])
-        model, state = load_trained(paths.run_files(params, method, seed)[0], device)
+        model, state = load_trained(params, method, seed, device)
         mean, std = state["mean"].to(device), state["std"].to(device)
         bs = params["eval"]["batch_size"]
         out["train_features"], tr_c = encode(model, train.images, mean, std, device, bs)

@@ -131,7 +131,7 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
             full = torch.from_numpy(train.images).float() / 255  # normalised like pretraining: train-set statistics
             mean, std = full.mean(dim=(0, 1, 2)).to(device), full.std(dim=(0, 1, 2)).to(device)
         else:
-            model, state = load_trained(paths.run_files(params, method, seed)[0], device)
+            model, state = load_trained(params, method, seed, device)
             backbone, mean, std = model.eval_encoder(), state["mean"].to(device), state["std"].to(device)
         result = select_and_finetune(backbone.to(device), train_x, train_y, test_x, test_y, num_classes, mean, std, cfg, seed, amp, params["eval"]["batch_size"])
         settings = cfg
