@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from clusterssl.stages import STAGE_PARAMS
-from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, needs_fashion_mnist, preset_in
+from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, needs_fashion_mnist, preset_in, snakemake
 
 
 def normalise(cmd: str) -> str:
@@ -26,10 +26,7 @@ def normalise(cmd: str) -> str:
 
 def snakemake_jobs(workdir: Path, configfile: Path, *extra: str) -> list[dict]:
     """Jobs of a dry run: rule, outputs and shell command of each."""
-    out = subprocess.run(
-        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", workdir, "--configfile", configfile, "-n", "-p", "--cores", "2", *extra],
-        capture_output=True, text=True, check=True, env=ENV,
-    ).stdout
+    out = snakemake(workdir, configfile, "-n", "-p", "--cores", "2", *extra).stdout
     jobs, job = [], None
     for line in out.splitlines():
         if m := re.match(r"^(local)?rule (\w+):", line):
@@ -233,8 +230,5 @@ def test_conda_environments_install_what_pyproject_lists():
 
 def test_snakemake_lint_is_clean(tmp_path):
     """`snakemake --lint` finds nothing to say about the workflow (rules, profiles' resources, logs)."""
-    run = subprocess.run(
-        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", ROOT / "config/presets/tiny.yaml", "--lint"],
-        capture_output=True, text=True, env=ENV,
-    )
-    assert run.returncode == 0 and "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr, run.stdout + run.stderr
+    run = snakemake(tmp_path, ROOT / "config/presets/tiny.yaml", "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr, run.stdout + run.stderr

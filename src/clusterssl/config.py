@@ -9,6 +9,7 @@ import jsonschema
 import yaml
 
 from .io import UserError
+from .stages import lookup
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
 
@@ -47,11 +48,7 @@ def validate(params: dict, source: str = "params") -> dict:
             f"'{params['dataset']}'; transfer evaluates on other datasets: remove it from the list"
         )
     for key in ("augment.crop_scale", "augment.crop_ratio", "augment.local_scale", "eval.semisup.crop_scale"):
-        section, name = key.rsplit(".", 1)
-        d = params
-        for part in section.split("."):
-            d = d[part]
-        lo, hi = d[name]
+        lo, hi = lookup(params, key)
         if lo > hi:
             raise UserError(f"{source}: invalid value for key '{key}': low {lo} > high {hi}; swap them")
     return params

@@ -83,9 +83,14 @@ def read_json(path: str | os.PathLike):
         raise UserError(f"{path}: not valid JSON ({exc}); delete it and run the stage that produces it again") from None
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def stream_sha256(f) -> str:
+    """SHA-256 of what a binary file object yields, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return stream_sha256(f)

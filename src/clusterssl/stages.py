@@ -17,13 +17,13 @@ STAGE_PARAMS: dict[str, list[str]] = {
 }
 
 
+def lookup(params: dict, key: str):
+    """params['a']['b'] for the dotted key 'a.b'."""
+    for part in key.split("."):
+        params = params[part]
+    return params
+
+
 def stage_params(params: dict, stage: str, method: str | None = None) -> dict:
     """The values of the keys `stage` reads, as a flat {dotted key: value} dict."""
-    out = {}
-    for key in STAGE_PARAMS[stage]:
-        key = key.format(method=method)
-        value = params
-        for part in key.split("."):
-            value = value[part]
-        out[key] = value
-    return out
+    return {key: lookup(params, key) for key in (k.format(method=method) for k in STAGE_PARAMS[stage])}

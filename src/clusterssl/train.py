@@ -316,8 +316,8 @@ def load_trained(params: dict, method: str, seed: int, device: torch.device = to
             f"(backbone {saved.get('backbone', {}).get('name')!r}, dataset {saved.get('dataset')!r}), "
             f"not {method!r} seed {seed}; {fix}"
         )
-    if fingerprint(saved) != fingerprint(expected):
-        differ = [k for k in expected if saved.get(k) != expected[k]] or ["(keys)"]
+    differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
+    if differ:
         raise UserError(f"{checkpoint}: made with other params ({', '.join(differ)} differ from the current ones); {fix}")
     try:
         model = build_method(saved, state["in_chans"], state["num_classes"], state["num_train"])

@@ -68,3 +68,6 @@ def gpus():
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return int(device == "cuda")
+
+
+GPUS = gpus()

@@ -15,7 +15,7 @@ rule pretrain:
     priority: 1
     resources:
         mem_mb=fit_mem_mb("pretrain", 8000),
-        gpu=gpus(),
+        gpu=GPUS,
     conda:
         ENV
     shell:

@@ -11,7 +11,6 @@ re-gzips the files) verifies as long as its content is the original data."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import urllib.error
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import UserError
+from ..io import UserError, stream_sha256
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MIRROR_ENV = "CLUSTERSSL_DATA_MIRROR"
@@ -37,14 +36,11 @@ FILES = {
 
 
 def content_sha256(path: Path, shown_as: str | None = None) -> str:
-    h = hashlib.sha256()
     try:
         with gzip.open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            return stream_sha256(f)
     except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{shown_as or path}: corrupt archive ({exc}); delete it and fetch again") from None
-    return h.hexdigest()
 
 
 def verify(path: Path, expected: str, shown_as: str | None = None) -> None:
