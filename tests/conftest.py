@@ -170,11 +170,11 @@ def preset_in(tmp: Path, preset: str = "tiny", name: str = "params.yaml", **over
     params = yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text())
     params["paths"] = {"data": str(tmp / "data"), "results": str(tmp / "results")}
     for key, value in overrides.items():
-        *sections, name = key.split("__")
+        *sections, last = key.split("__")
         d = params
         for section in sections:
             d = d[section]
-        d[name] = value
+        d[last] = value
     f = tmp / name
     f.write_text(yaml.safe_dump(params))
     return f

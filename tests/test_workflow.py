@@ -3,9 +3,12 @@ whole DAG runs end to end on the `tiny` preset, under Snakemake and under DVC.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +16,7 @@ import pytest
 import yaml
 
 from clusterssl.stages import STAGE_PARAMS
-from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, needs_fashion_mnist, preset_in, snakemake
+from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, snakemake
 
 
 def normalise(cmd: str) -> str:
@@ -179,6 +182,61 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     jobs = [j for j in snakemake_jobs(workdir, changed, *TINY_OVERRIDE) if j["cmd"]]
     assert {j["rule"] for j in jobs} == {"pretrain", "embed", "evaluate", "transfer", "semisup", "report"}
     assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
+
+
+def _pretrain_process(snakemake_proc: subprocess.Popen, resume: Path, epoch: int):
+    """The `clusterssl pretrain` job under a running Snakemake, once its resume.pt holds `epoch`."""
+    import psutil
+    import torch
+
+    while not resume.exists() or torch.load(resume, weights_only=True)["epoch"] < epoch:
+        assert snakemake_proc.poll() is None, "the workflow ended before its pretraining job could be stopped"
+        time.sleep(0.01)
+    children = psutil.Process(snakemake_proc.pid).children(recursive=True)
+    return next(c for c in children if "pretrain" in c.cmdline())
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_snakemake_rerun_after_a_preempted_job_or_a_killed_workflow_redoes_only_what_is_missing(tmp_path, tiny_local_run):
+    """A pretraining job preempted (SIGTERM) fails the workflow; then Snakemake itself is killed
+    (SIGKILL, with its jobs) mid-run. Each re-run redoes only the missing outputs, pretraining
+    resumes from its resume.pt, no job ever reads a half-written file, and the end result equals
+    an uninterrupted run's."""
+    params = preset_in(tmp_path)
+    cmd = [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", tmp_path, "--configfile", params, *TINY_OVERRIDE, "--cores", "2"]
+    run = tmp_path / "results/runs/digits/carl/seed0"
+    log = tmp_path / "results/logs/pretrain/carl_seed0.log"
+
+    # 1. the pretraining job is preempted after its first epoch: the workflow fails
+    workflow = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    _pretrain_process(workflow, run / "resume.pt", 1).send_signal(signal.SIGTERM)
+    out, _ = workflow.communicate(timeout=600)
+    assert workflow.returncode != 0 and "Error in rule pretrain" in out, out[-3000:]
+    assert "stopped by SIGTERM at epoch 2" in log.read_text()
+    assert not (run / "checkpoint.pt").exists() and not (tmp_path / "results/metrics/digits/carl").exists()
+    done = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("*")
+            if f.is_file() and not {"logs", ".snakemake"} & set(f.parts) and f.parent != run}
+    assert any("prepared" in f.parts for f in done)
+
+    # 2. the re-run resumes pretraining at the step it stopped; Snakemake is killed mid-run
+    workflow = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    deadline = time.time() + 300
+    while "resuming" not in (log.read_text() if log.exists() else ""):
+        assert workflow.poll() is None and time.time() < deadline, workflow.communicate()[0][-3000:]
+        time.sleep(0.01)
+    assert "at epoch 2, step" in log.read_text()
+    os.killpg(workflow.pid, signal.SIGKILL)
+    workflow.communicate(timeout=60)
+
+    # 3. what a user then types: unlock, re-run the incomplete jobs (both profiles set rerun-incomplete)
+    snakemake(tmp_path, params, *TINY_OVERRIDE, "--unlock")
+    snakemake(tmp_path, params, *TINY_OVERRIDE, "--cores", "2", "--rerun-incomplete")
+    assert "resuming" in log.read_text()
+    assert {f: f.stat().st_mtime_ns for f in done} == done, "outputs that were complete were redone"
+    assert not list(tmp_path.rglob(".*.tmp")), "temporary files left behind"
+    assert metrics_of(tmp_path) == metrics_of(tiny_local_run)
+    assert "Nothing to be done" in snakemake(tmp_path, params, *TINY_OVERRIDE, "--cores", "2", "-n").stdout
 
 
 @pytest.mark.e2e
