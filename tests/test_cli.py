@@ -82,6 +82,12 @@ INVALID = {
     "crop_scale_reversed": (_set(["augment", "crop_scale"], [1.0, 0.3]), "augment.crop_scale"),
     "no_methods": (_set(["methods"], []), "methods"),
     "seed_below_zero": (_set(["seeds"], [-1]), "seeds"),
+    # a method's recipe: the shared keys it may replace, with the same types and ranges
+    "recipe_unknown_augment_key": (_set(["method_params", "cc", "augment"], {"crop_scal": [0.2, 1.0]}), "method_params.cc.augment.crop_scal"),
+    "recipe_sets_epochs": (_set(["method_params", "simclr", "pretrain"], {"epochs": 20}), "method_params.simclr.pretrain.epochs"),
+    "recipe_unknown_optimizer": (_set(["method_params", "cc", "pretrain"], {"optimizer": "adagrad"}), "method_params.cc.pretrain.optimizer"),
+    "recipe_negative_lr": (_set(["method_params", "cadc", "pretrain"], {"lr": -1e-3}), "method_params.cadc.pretrain.lr"),
+    "recipe_crop_scale_reversed": (_set(["method_params", "swav", "augment"], {"crop_scale": [0.9, 0.2]}), "method_params.swav.augment.crop_scale"),
 }
 
 

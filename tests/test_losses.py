@@ -19,37 +19,64 @@ def test_consistency_loss_hand_computed_2x3():
     q = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
     # p.q: 0.42 + 0.06 + 0.01 = 0.49 ; 0.02 + 0.02 + 0.48 = 0.52
     expected = -(math.log(0.49) + math.log(0.52)) / 2
-    got = carl.consistency_loss(torch.log(p), q)
+    got = carl.consistency_loss(torch.log(p), torch.log(q))
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # and against a direct formula on random inputs
     torch.manual_seed(0)
     lp = F.log_softmax(torch.randn(5, 7), dim=1)
     t = F.softmax(torch.randn(5, 7), dim=1)
     ref = -torch.log((lp.exp() * t).sum(1)).mean()
-    assert carl.consistency_loss(lp, t).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert carl.consistency_loss(lp, torch.log(t)).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_consistency_loss_is_exact_on_unbounded_logits():
+    """Confident targets (unbounded logits, low temperatures) against the formula in float64:
+    no clamp caps a sample's loss (clamping q at 1e-12 before the log is 18 off here)."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(64, 50, generator=g) * 2, torch.randn(64, 50, generator=g) * 2
+    lp, lq = F.log_softmax(student / 0.1, dim=1), F.log_softmax(teacher / 0.03, dim=1)
+    # the formula in float64: log(p.q) = log sum_k exp(log p_k + log q_k), log p and log q exact
+    exact = -torch.logsumexp(F.log_softmax(student.double() / 0.1, 1) + F.log_softmax(teacher.double() / 0.03, 1), 1).mean().item()
+    assert carl.consistency_loss(lp, lq).item() == pytest.approx(exact, abs=1e-5)
+    clamped = -torch.logsumexp(lp + torch.log(lq.exp().clamp_min(1e-12)), dim=1).mean().item()
+    assert abs(clamped - exact) > 10  # the clamp caps each sample's loss
+
+
+def test_collapse_term_averages_student_and_detached_target_views():
+    """CARP's batch-mean assignment: all student views and the target views together; no
+    gradient reaches the targets through it."""
+    logits, targets = _views(v=3)
+    targets = [t.clone().requires_grad_(True) for t in targets]
+    logits = [s.clone().requires_grad_(True) for s in logits]
+    out = carl.carl_loss(logits, targets, 0.1, 1.0)
+    students = [F.softmax(s / 0.1, dim=1) for s in logits]
+    both = carl.entropy_regulariser(torch.cat(students + [t.exp() for t in targets])).item()
+    only_students = carl.entropy_regulariser(torch.cat(students)).item()
+    assert out["entropy_kl"].item() == pytest.approx(both, rel=1e-5) and abs(both - only_students) > 1e-3
+    out["loss"].backward()
+    assert all(t.grad is None for t in targets) and all(s.grad.abs().sum() > 0 for s in logits)
 
 
 def test_consistency_loss_zero_for_identical_one_hot():
     onehot = torch.eye(4)[[0, 2, 3, 1]]
     logp = torch.where(onehot > 0, torch.zeros(()), torch.full((), -1e4))
-    assert carl.consistency_loss(logp, onehot).item() == pytest.approx(0.0, abs=1e-6)
+    assert carl.consistency_loss(logp, logp).item() == pytest.approx(0.0, abs=1e-6)
     # the same from logits at a very low temperature
     logits = torch.randn(6, 5) * 3
     logp = F.log_softmax(logits / 1e-3, dim=1)
-    q = F.softmax(logits / 1e-3, dim=1)
-    assert carl.consistency_loss(logp, q).item() == pytest.approx(0.0, abs=1e-4)
+    assert carl.consistency_loss(logp, logp).item() == pytest.approx(0.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("k", [2, 5, 100])
 def test_consistency_loss_uniform_is_log_k(k):
     p = torch.full((3, k), 1.0 / k)
-    assert carl.consistency_loss(torch.log(p), p).item() == pytest.approx(math.log(k), rel=1e-5)
+    assert carl.consistency_loss(torch.log(p), torch.log(p)).item() == pytest.approx(math.log(k), rel=1e-5)
 
 
 def test_consistency_loss_no_gradient_into_target():
     torch.manual_seed(0)
     logits = torch.randn(4, 6, requires_grad=True)
-    target = F.softmax(torch.randn(4, 6), dim=1).requires_grad_(True)
+    target = F.log_softmax(torch.randn(4, 6), dim=1).requires_grad_(True)
     carl.consistency_loss(F.log_softmax(logits, dim=1), target).backward()
     assert target.grad is None or torch.count_nonzero(target.grad) == 0
     assert logits.grad is not None and logits.grad.abs().sum() > 0
@@ -87,7 +114,7 @@ def test_entropy_regulariser_nonnegative_and_matches_kl():
 def _views(n=6, k=5, v=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = [torch.randn(n, k, generator=g) for _ in range(v)]
-    targets = [F.softmax(torch.randn(n, k, generator=g) / 0.5, dim=1) for _ in range(2)]
+    targets = [F.log_softmax(torch.randn(n, k, generator=g) / 0.5, dim=1) for _ in range(2)]
     return logits, targets
 
 
@@ -105,7 +132,7 @@ def test_carl_loss_hand_computed_two_views():
     t = 0.1
     lp = [F.log_softmax(s / t, dim=1) for s in logits]
     cons = (carl.consistency_loss(lp[0], targets[1]) + carl.consistency_loss(lp[1], targets[0])) / 2
-    ent = carl.entropy_regulariser(torch.cat([x.exp() for x in lp]))
+    ent = carl.entropy_regulariser(torch.cat([x.exp() for x in lp + targets]))
     out = carl.carl_loss(logits, targets, t, 0.7)
     assert out["consistency"].item() == pytest.approx(cons.item(), rel=1e-5)
     assert out["entropy_kl"].item() == pytest.approx(ent.item(), rel=1e-5)
@@ -128,7 +155,7 @@ def test_carl_loss_with_local_views():
     pairs = [(0, 1), (1, 0), (2, 0), (2, 1)]
     cons = sum(carl.consistency_loss(lp[i], targets[j]) for i, j in pairs) / len(pairs)
     assert out["consistency"].item() == pytest.approx(cons.item(), rel=1e-5)
-    ent = carl.entropy_regulariser(torch.cat([x.exp() for x in lp]))
+    ent = carl.entropy_regulariser(torch.cat([x.exp() for x in lp + targets]))
     assert out["entropy_kl"].item() == pytest.approx(ent.item(), rel=1e-5)
     assert torch.isfinite(out["loss"])
 

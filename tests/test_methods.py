@@ -93,14 +93,25 @@ def test_info_nce_empty_queue_is_zero():
     assert common.info_nce(torch.randn(3, 4), torch.randn(3, 4), torch.zeros(0, 4), 0.2).item() == pytest.approx(0.0)
 
 
-def test_moco_queue_gets_both_views_keys_after_the_loss(tiny_backbone, method_params):
+def test_moco_keeps_one_queue_per_view_in_solo_learns_order(tiny_backbone, method_params):
+    """View 1's queries meet earlier view-2 keys and view 2's meet earlier view-1 keys; then each
+    view's keys join its own queue (solo-learn's MoCo v2+)."""
     cfg = dict(method_params["moco_v2"], queue_size=32)
     model = get_method("moco_v2")(tiny_backbone(), cfg, 10, 6)
-    assert int(model.queue.filled) == 32  # starts full of random unit keys, as in MoCo
-    model.training_step(_batch(n=6))
-    assert int(model.queue.ptr) == 12
+    assert [int(q.filled) for q in model.queues] == [32, 32]  # full of random unit keys, as in MoCo
+    batch = _batch(n=6)
+    before = [q.get().clone() for q in model.queues]
+    with torch.no_grad():
+        (q1, q2), (k1, k2) = model.queries_and_keys(batch["views"])
+        t = cfg["temperature"]
+        expected = (common.info_nce(q1, k2, before[1], t) + common.info_nce(q2, k1, before[0], t)) / 2
+        mixed = (common.info_nce(q1, k2, torch.cat(before), t) + common.info_nce(q2, k1, torch.cat(before), t)) / 2
+    loss = model.training_step(batch)["loss"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and abs(loss.item() - mixed.item()) > 1e-3
+    assert torch.allclose(model.queues[0].items[:6], k1) and torch.allclose(model.queues[1].items[:6], k2)
+    assert torch.equal(model.queues[0].items[6:], before[0][6:])
     model.training_step(_batch(n=6, seed=1))
-    assert int(model.queue.ptr) == 24
+    assert [int(q.ptr) for q in model.queues] == [12, 12]
 
 
 @pytest.mark.parametrize("name", ["byol", "moco_v2", "cueco"])

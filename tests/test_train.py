@@ -266,3 +266,32 @@ def test_nan_stops_naming_epoch_step_and_term_and_keeps_the_last_checkpoint(tiny
     run = paths.run_dir(tiny, "carl", 0)
     assert torch.load(run / "resume.pt", weights_only=True)["epoch"] == 1
     assert not (run / "checkpoint.pt").exists()
+
+
+def test_a_methods_recipe_replaces_the_shared_keys_and_is_recorded(tiny):
+    """method_params.<m>.augment / .pretrain replace those shared keys for that method only; the
+    run's config.json records the keys it trained with, and a checkpoint trained with another
+    recipe is refused."""
+    from clusterssl.io import read_json
+
+    shared = {section: dict(tiny[section]) for section in ("augment", "pretrain")}
+    tiny["pretrain"]["epochs"] = 1
+    tiny["method_params"]["carl"]["pretrain"] = {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0}
+    tiny["method_params"]["carl"]["augment"] = {"crop_scale": [0.2, 1.0]}
+    validate(tiny)
+    cfg = train.pretrain_config(tiny, "carl")
+    assert cfg["pretrain"] == {**tiny["pretrain"], "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0}
+    assert cfg["augment"] == {**shared["augment"], "crop_scale": [0.2, 1.0]}
+    assert "pretrain" not in cfg["method_params"] and "augment" not in cfg["method_params"]
+    assert train.pretrain_config(tiny, "simclr")["pretrain"] == tiny["pretrain"]  # others keep the shared keys
+    assert train.recipe(tiny, "carl") == {"augment.crop_scale": [0.2, 1.0], "pretrain.optimizer": "adam", "pretrain.lr": 0.001, "pretrain.weight_decay": 0.0}
+
+    run = train.pretrain(tiny, "carl", 0, threads=1, progress=False)
+    saved = read_json(run / "config.json")
+    assert saved["pretrain"]["optimizer"] == "adam" and saved["augment"]["crop_scale"] == [0.2, 1.0]
+    model, _ = train.load_trained(tiny, "carl", 0)  # the recipe it was trained with: accepted
+    method = train.build_method(cfg, 1, 10, 256)
+    assert type(train.make_optimizer(method, cfg["pretrain"], 0.001)) is torch.optim.Adam
+    del tiny["method_params"]["carl"]["pretrain"]
+    with pytest.raises(UserError, match=r"pretrain"):
+        train.load_trained(tiny, "carl", 0)

@@ -78,6 +78,12 @@ def cmd_eval(args):
     print(evaluate(p, args.protocol, args.method, args.seed, threads=args.threads, target=args.target, fraction=args.fraction))
 
 
+def cmd_tune(args):
+    from .tune import load_search, run_search
+
+    print(run_search(_params(args), load_search(args.search), args.method, threads=args.threads, source=args.search))
+
+
 def cmd_report(args):
     from .report import build_report
 
@@ -142,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default=None, choices=datasets, help="transfer: the target dataset (one of eval.transfer.datasets)")
     s.add_argument("--fraction", type=float, default=None, help="semisup: the labelled fraction (one of eval.semisup.fractions)")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("tune", help="score a method's candidate recipes on the held-out proxy (equal budget per method)")
+    s.add_argument("--method", required=True, choices=ALL_METHODS)
+    s.add_argument("--search", default="config/search.yaml", help="proxy and candidates (default: config/search.yaml)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("report", help="tables and figures from saved metrics")
     s.add_argument("--reference", default=None, help="published numbers CSV (default: reference/reported_numbers.csv if present)")

@@ -24,7 +24,7 @@ def _key_path(error: jsonschema.ValidationError) -> str:
         # the missing key is named in the message, not in the path
         missing = error.message.split("'")[1] if "'" in error.message else "?"
         parts.append(missing)
-    if error.validator == "additionalProperties":
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
         extra = error.message.split("'")[1] if "'" in error.message else "?"
         parts.append(extra)
     return ".".join(parts) or "<top level>"
@@ -47,7 +47,10 @@ def validate(params: dict, source: str = "params") -> dict:
             f"{source}: invalid value for key 'eval.transfer.datasets': it lists the pretraining dataset "
             f"'{params['dataset']}'; transfer evaluates on other datasets: remove it from the list"
         )
-    for key in ("augment.crop_scale", "augment.crop_ratio", "augment.local_scale", "eval.semisup.crop_scale"):
+    ranges = ["augment.crop_scale", "augment.crop_ratio", "augment.local_scale", "eval.semisup.crop_scale"]
+    ranges += [f"method_params.{m}.{key}" for m, own in params["method_params"].items()
+               for key in ("augment.crop_scale", "augment.crop_ratio", "augment.local_scale") if key.split(".")[1] in own.get("augment", {})]
+    for key in ranges:
         lo, hi = lookup(params, key)
         if lo > hi:
             raise UserError(f"{source}: invalid value for key '{key}': low {lo} > high {hi}; swap them")

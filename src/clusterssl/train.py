@@ -1,6 +1,6 @@
 """One training loop for every method.
 
-SGD / LARS / AdamW, linear warm-up then cosine decay (per step), seeds, AMP (bf16 on CUDA),
+SGD / LARS / Adam / AdamW, linear warm-up then cosine decay (per step), seeds, AMP (bf16 on CUDA),
 channels_last, optional torch.compile, a checkpoint every N epochs that a re-run resumes
 from, a tqdm progress bar, and `history.csv` with the loss and each of its terms per epoch."""
 from __future__ import annotations
@@ -29,14 +29,25 @@ from .io import Preempted, UserError, atomic_path, write_json
 from .methods.base import Method, get_method
 
 PRETRAIN_KEYS = ("dataset", "data", "backbone", "augment", "pretrain")
+RECIPE_SECTIONS = ("augment", "pretrain")  # a method's params may replace keys of these
 
 
 def pretrain_config(params: dict, method: str) -> dict:
-    """Exactly the params a pretraining run reads (DVC lists the same keys)."""
+    """Exactly the params a pretraining run reads (DVC lists the same keys), with the method's
+    own recipe (its `augment` / `pretrain` keys in method_params) in place of the shared keys."""
+    own = dict(params["method_params"][method])
     cfg = {k: params[k] for k in PRETRAIN_KEYS}
+    for section in RECIPE_SECTIONS:
+        cfg[section] = {**params[section], **own.pop(section, {})}
     cfg["method"] = method
-    cfg["method_params"] = params["method_params"][method]
+    cfg["method_params"] = own
     return cfg
+
+
+def recipe(params: dict, method: str) -> dict:
+    """The shared keys a method's recipe replaces, as {'section.key': value}."""
+    own = params["method_params"][method]
+    return {f"{section}.{k}": v for section in RECIPE_SECTIONS for k, v in own.get(section, {}).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -92,6 +103,8 @@ def make_optimizer(method: Method, cfg: dict, lr: float) -> torch.optim.Optimize
         g.pop("lars_exclude", None)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+    if name == "adam":  # CC's and CADC's code: Adam, weight decay as an L2 term in the gradient
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
 
 

@@ -35,23 +35,28 @@ def prepare(name: str, raw_dir: Path, out_dir: Path) -> Path:
     if not raw_dir.exists():
         raise UserError(f"{raw_dir}: raw data not found; run `clusterssl data fetch {name}` first")
     with atomic_dir(out_dir) as tmp:
-        (xtr, ytr), (xte, yte) = source.load_raw(raw_dir)
-        for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
-            assert x.dtype == np.uint8 and x.ndim == 4, (x.dtype, x.shape)
-            np.savez(tmp / f"{split}.npz", images=x, labels=y.astype(np.int64))
-        write_json(
-            tmp / "meta.json",
-            {
-                "name": name,
-                "classes": list(source.CLASSES),
-                "image_shape": list(xtr.shape[1:]),
-                "num_train": int(len(xtr)),
-                "num_test": int(len(xte)),
-                # load_prepared checks these: a file changed or damaged since is refused
-                "sha256": {f"{split}.npz": file_sha256(tmp / f"{split}.npz") for split in ("train", "test")},
-            },
-        )
+        write_prepared(tmp, name, source.CLASSES, *source.load_raw(raw_dir))
     return out_dir
+
+
+def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple) -> None:
+    """Write the prepared format into the (existing, temporary) folder `out_dir`."""
+    (xtr, ytr), (xte, yte) = train, test
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        assert x.dtype == np.uint8 and x.ndim == 4, (x.dtype, x.shape)
+        np.savez(out_dir / f"{split}.npz", images=x, labels=y.astype(np.int64))
+    write_json(
+        out_dir / "meta.json",
+        {
+            "name": name,
+            "classes": list(classes),
+            "image_shape": list(xtr.shape[1:]),
+            "num_train": int(len(xtr)),
+            "num_test": int(len(xte)),
+            # load_prepared checks these: a file changed or damaged since is refused
+            "sha256": {f"{split}.npz": file_sha256(out_dir / f"{split}.npz") for split in ("train", "test")},
+        },
+    )
 
 
 class Split:

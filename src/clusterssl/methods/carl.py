@@ -8,8 +8,11 @@ other view's assignment q, used as a target without gradient.
 What follows the paper / authors' code, and what is assumed (METHODS.md):
 - [paper] learned prototypes, no Sinkhorn / k-means / offline clustering;
 - [code]  consistency loss L_cons = -(1/N) sum_i log(p_i . q_i), symmetrised over view pairs;
-- [assumed] collapse prevention L_H = KL(mean_i p_i || uniform), weight `entropy_weight`
-  (as in the authors' follow-up CARP);
+- [assumed] collapse prevention L_H = KL(mean_i p_i || uniform), weight `entropy_weight`,
+  on the batch-mean assignment of the student views and the (detached) target views together,
+  as in the authors' follow-up CARP's code;
+- [assumed] the projection is L2-normalised before the prototypes (so logits are cosine
+  similarities and the temperatures act on a bounded scale); CARP's head does not normalise;
 - [assumed] the target q comes from an EMA teacher (`target: ema`, momentum cosine to 1) or a
   stop-gradient copy of the online branch (`target: stopgrad`);
 - [assumed] K, temperatures and projector size are preset choices, not the paper's;
@@ -29,13 +32,13 @@ from .base import Method, register
 from .common import EMATeacher, kl_to_uniform, mlp
 
 
-def consistency_loss(student_logp: torch.Tensor, target_p: torch.Tensor) -> torch.Tensor:
-    """-(1/N) sum_i log(p_i . q_i) with p = exp(student_logp); q is detached (no gradient
-    flows into the target). Computed in log space: log(p.q) = logsumexp(log p + log q).
+def consistency_loss(student_logp: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
+    """-(1/N) sum_i log(p_i . q_i) from the log-probabilities of the student p and the target q;
+    q is detached (no gradient flows into the target). Exact in log space, with no clamp:
+    log(p.q) = logsumexp(log p + log q), finite however confident either side is.
     Assignments are over the last dimension; any dimensions between the batch and it (blocks
     of a random partition) are averaged over."""
-    target_p = target_p.detach()
-    return -torch.logsumexp(student_logp + torch.log(target_p.clamp_min(1e-12)), dim=-1).mean()
+    return -torch.logsumexp(student_logp + target_logp.detach(), dim=-1).mean()
 
 
 entropy_regulariser = kl_to_uniform  # CARL's collapse regulariser, shared with CC
@@ -47,15 +50,16 @@ def partition(logits: torch.Tensor, blocks: torch.Tensor | None) -> torch.Tensor
     return logits if blocks is None else logits[:, blocks]
 
 
-def carl_loss(student_logits: list[torch.Tensor], target_probs: list[torch.Tensor], temperature: float, entropy_weight: float) -> dict[str, torch.Tensor]:
+def carl_loss(student_logits: list[torch.Tensor], target_logps: list[torch.Tensor], temperature: float, entropy_weight: float) -> dict[str, torch.Tensor]:
     """CARL loss over V views: consistency between every ordered pair of different views
-    (student view i against target view j), plus the entropy regulariser on all student views.
+    (student view i against target view j), plus the collapse regulariser on the batch-mean
+    assignment of all student views and all (detached) target views, as CARP computes it.
     `student_logits` are prototype similarities (before the temperature), shape (N, K) or,
-    partitioned, (N, G, B); `target_probs` match them."""
+    partitioned, (N, G, B); `target_logps` are the targets' log-probabilities, same shapes."""
     logps = [F.log_softmax(s / temperature, dim=-1) for s in student_logits]
-    pairs = [(i, j) for i in range(len(logps)) for j in range(len(target_probs)) if i != j]
-    cons = sum(consistency_loss(logps[i], target_probs[j]) for i, j in pairs) / len(pairs)
-    ent = entropy_regulariser(torch.cat([lp.exp() for lp in logps]))
+    pairs = [(i, j) for i in range(len(logps)) for j in range(len(target_logps)) if i != j]
+    cons = sum(consistency_loss(logps[i], target_logps[j]) for i, j in pairs) / len(pairs)
+    ent = entropy_regulariser(torch.cat([lp.exp() for lp in logps] + [t.detach().exp() for t in target_logps]))
     return {"loss": cons + entropy_weight * ent, "consistency": cons.detach(), "entropy_kl": ent.detach()}
 
 
@@ -87,8 +91,9 @@ class _Net(nn.Module):
 class CARL(Method):
     view_spec = ViewSpec(global_views=2, local_views=-1)  # multi-crop: as many local views as augment.local_crops
     provenance = (
-        "paper: learned prototypes; code: L_cons = -log(p.q); assumed: KL-to-uniform weight, "
-        "EMA/stop-grad target, K and temperatures"
+        "paper: learned prototypes; code: L_cons = -log(p.q), exact in log space; assumed (from CARP): "
+        "KL-to-uniform on student and target views; assumed: its weight, EMA/stop-grad target, "
+        "L2-normalised projection, K and temperatures"
     )
 
     def __init__(self, backbone, cfg, num_classes, num_train):
@@ -110,9 +115,9 @@ class CARL(Method):
         with torch.no_grad():
             t = self.cfg["target_temperature"]
             if self.teacher is not None:
-                targets = [F.softmax(partition(self.teacher(v), blocks) / t, dim=-1) for v in views]
+                targets = [F.log_softmax(partition(self.teacher(v), blocks) / t, dim=-1) for v in views]
             else:
-                targets = [F.softmax(s.detach() / t, dim=-1) for s in student]
+                targets = [F.log_softmax(s.detach() / t, dim=-1) for s in student]
         local = [partition(self.head(self.backbone(v)), blocks) for v in batch.get("local_views", [])]
         return carl_loss(student + local, targets, self.cfg["temperature"], self.cfg["entropy_weight"])
 

@@ -2,8 +2,10 @@
 key encoder gives for another view of the same image, against a queue of earlier keys.
 
 Follows the paper; settings from solo-learn's CIFAR config (tau 0.2, EMA 0.99 -> 1 with a
-cosine schedule, symmetrised over the two views, both views' keys queued, the queue
-starting full of random unit keys). Single-device runs
+cosine schedule, symmetrised over the two views). As in solo-learn there is one queue per view,
+each starting full of random unit keys: view 1's queries are contrasted with earlier view-2 keys
+and view 2's with earlier view-1 keys, then each view's keys join its own queue (`queue_size`
+keys per view). Single-device runs
 need no shuffle-BN (it hides cross-GPU batch statistics); this is solo-learn's choice too."""
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ class MoCoV2(Method):
         out = cfg["projector_out"]
         self.projector = self.make_projector()
         self.key_encoder = EMATeacher(self.query_encoder(), cfg["ema_momentum"])
-        self.queue = Queue(cfg["queue_size"], out)
-        self.queue.push(F.normalize(torch.randn(cfg["queue_size"], out), dim=1))  # random keys at first, as in MoCo
+        self.queues = nn.ModuleList(Queue(cfg["queue_size"], out) for _ in range(2))  # one per view
+        for queue in self.queues:
+            queue.push(F.normalize(torch.randn(cfg["queue_size"], out), dim=1))  # random keys at first, as in MoCo
 
     def query_encoder(self) -> nn.Module:
         return nn.Sequential(self.backbone, self.projector)
@@ -38,12 +41,13 @@ class MoCoV2(Method):
         return queries, keys
 
     def contrastive(self, queries, keys) -> torch.Tensor:
-        """Symmetrised InfoNCE against the queue as it was before this batch; then this batch's
-        keys are queued."""
+        """Symmetrised InfoNCE: each query against the other view's key, with that view's queue
+        (as it was before this batch) as negatives; then each view's keys join its queue."""
         (q1, q2), (k1, k2) = queries, keys
-        negatives = self.queue.get()
-        loss = (info_nce(q1, k2, negatives, self.cfg["temperature"]) + info_nce(q2, k1, negatives, self.cfg["temperature"])) / 2
-        self.queue.push(torch.cat([k1, k2]))
+        t = self.cfg["temperature"]
+        loss = (info_nce(q1, k2, self.queues[1].get(), t) + info_nce(q2, k1, self.queues[0].get(), t)) / 2
+        self.queues[0].push(k1)
+        self.queues[1].push(k2)
         return loss
 
     def training_step(self, batch):

@@ -170,6 +170,7 @@ def reference_table(reference: Path | None, dataset: str) -> str:
 
 def build_report(params: dict, reference: Path | None = None) -> Path:
     from ..methods.base import get_method
+    from ..train import recipe
 
     reference = reference or DEFAULT_REFERENCE
     out = paths.report_dir(params)
@@ -200,12 +201,19 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     notes = "\n".join(f"- **{m}**: {get_method(m).provenance}." for m in paths.methods(params))
     seed0 = params["seeds"][0]
     runs_cfg = {m: read_json(paths.run_files(params, m, seed0)[2]) for m in paths.methods(params)}
-    setup = "\n".join(
-        f"- **{m}**: `{c['backbone']['name']}` layers {c['backbone']['layers']}, channels {c['backbone']['channels']}, "
-        f"stem `{c['backbone']['stem']}`; {c['pretrain']['epochs']} epochs, batch {c['pretrain']['batch_size']}, "
-        f"{c['pretrain']['optimizer']} lr {c['pretrain']['lr']}; {c['train_images']} training images; device {c['device']}, "
-        f"{c['threads']} threads; method params {c['method_params']}"
-        for m, c in runs_cfg.items()
+    backbone = runs_cfg[paths.methods(params)[0]]["backbone"]
+    setup = (
+        f"Backbone `{backbone['name']}` layers {backbone['layers']}, channels {backbone['channels']}, stem "
+        f"`{backbone['stem']}`, trained from scratch by every method for the same number of epochs.\n\n"
+        "| method | epochs | batch | optimizer | lr (per 256) | weight decay | crop scale | its recipe (keys it sets) | images | device, threads |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(
+            f"| {m} | {c['pretrain']['epochs']} | {c['pretrain']['batch_size']} | {c['pretrain']['optimizer']} | {c['pretrain']['lr']} | "
+            f"{c['pretrain']['weight_decay']} | {c['augment']['crop_scale']} | "
+            f"{', '.join(f'{k}: {v}' for k, v in recipe(params, m).items()) or 'shared'} | {c['train_images']} | {c['device']}, {c['threads']} |"
+            for m, c in runs_cfg.items()
+        )
+        + "\n\nMethod params: " + "; ".join(f"**{m}** {c['method_params']}" for m, c in runs_cfg.items())
     )
     protocols = {e: read_json(paths.metrics_file(params, paths.RAW_PIXELS, seed0, e)) for e in paths.EVALS}
     semisup_text = ", ".join(f"{100 * f:g} % labels" for f in params["eval"]["semisup"]["fractions"])

@@ -1,0 +1,105 @@
+"""The equal-budget recipe search: same number of candidates per method, the proxy's held-out
+images never pretrained on, the test split never read, an interrupted search resumed."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from clusterssl import data, paths, tune
+from clusterssl.cli import main
+from clusterssl.io import UserError
+from conftest import ROOT
+
+PROXY = {"holdout": 300, "pretrain_images": 400, "epochs": 1, "probe_images": 600, "seed": 0}
+
+
+@pytest.fixture
+def digits(tmp_path):
+    params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
+    params["pretrain"]["batch_size"] = 64
+    data.fetch("digits", paths.raw_dir(params, "digits"))
+    data.prepare("digits", paths.raw_dir(params, "digits"), paths.prepared_dir(params, "digits"))
+    return params
+
+
+def _search(tmp_path, methods, candidates=2) -> dict:
+    search = {"proxy": PROXY, "candidates": candidates, "methods": methods}
+    f = tmp_path / "search.yaml"
+    f.write_text(yaml.safe_dump(search))
+    return tune.load_search(f)
+
+
+def test_the_proxy_holds_images_out_of_pretraining_and_never_reads_the_test_split(tmp_path, digits):
+    source = paths.prepared_dir(digits, "digits")
+    (source / "test.npz").unlink()  # a search that touched the test split would fail
+    data_dir = tune.proxy_data(digits, PROXY, tmp_path / "tuning")
+    proxy = paths.prepared_dir({"paths": {"data": str(data_dir)}}, "digits")
+    train, held = data.load_prepared(proxy, "train"), data.load_prepared(proxy, "test")
+    full = data.load_prepared(source, "train")
+    assert len(held.labels) == PROXY["holdout"] and len(train.labels) + len(held.labels) == len(full.labels)
+    rows = lambda split: {x.tobytes() for x in split.images.reshape(len(split.labels), -1)}
+    assert not rows(train) & rows(held) and rows(train) | rows(held) == rows(full)
+
+
+def test_a_search_scores_each_candidate_on_the_held_out_images_and_resumes(tmp_path, digits, monkeypatch):
+    search = _search(tmp_path, {"carl": [{}, {"augment.crop_scale": [0.5, 1.0], "temperature": 0.2}]})
+    csv = tune.run_search(digits, search, "carl", threads=1)
+    table = pd.read_csv(csv)
+    assert list(table["candidate"]) == [0, 1]
+    assert table["holdout_linear_top1"].between(10, 100).all() and table["holdout_knn20_top1"].between(10, 100).all()
+    assert json.loads(table["overrides"][1]) == {"augment.crop_scale": [0.5, 1.0], "temperature": 0.2}
+    md = csv.with_suffix(".md").read_text()
+    assert "the preset's recipe" in md and "`augment.crop_scale: [0.5, 1.0]`" in md and "300 held-out train images" in md
+    assert not (csv.parent / "carl" / "0").exists()  # checkpoints and features removed once scored
+
+    # run again: nothing is retrained; a changed candidate is
+    import clusterssl.train as train
+
+    calls = []
+    original = train.pretrain
+    monkeypatch.setattr(train, "pretrain", lambda *a, **k: calls.append(a) or original(*a, **k))
+    tune.run_search(digits, search, "carl", threads=1)
+    assert calls == []
+    search["methods"]["carl"][1] = {"temperature": 0.3}
+    tune.run_search(digits, search, "carl", threads=1)
+    assert len(calls) == 1 and calls[0][0]["method_params"]["carl"]["temperature"] == 0.3
+    assert json.loads(pd.read_csv(csv)["overrides"][1]) == {"temperature": 0.3}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s["methods"]["simclr"].pop(), r"'methods.simclr' lists 1 candidates, not 2: every method gets the same number"),
+        (lambda s: s["methods"].update(nosuch=[{}, {}]), r"'methods.nosuch' is not a method"),
+        (lambda s: s["proxy"].pop("holdout"), r"'proxy' needs the integer keys"),
+        (lambda s: s.update(extra=1), r"expected exactly the keys proxy, candidates and methods"),
+    ],
+)
+def test_a_bad_search_file_is_one_clear_error(tmp_path, edit, message):
+    search = {"proxy": dict(PROXY), "candidates": 2, "methods": {"carl": [{}, {}], "simclr": [{}, {}]}}
+    edit(search)
+    f = tmp_path / "search.yaml"
+    f.write_text(yaml.safe_dump(search))
+    with pytest.raises(UserError, match=message):
+        tune.load_search(f)
+
+
+def test_a_candidate_with_a_bad_key_is_refused_before_any_training(tmp_path, digits):
+    search = _search(tmp_path, {"simclr": [{}, {"pretrain.epochs": 50}]})
+    with pytest.raises(UserError, match=r"method_params.simclr.pretrain.*epochs"):
+        tune.run_search(digits, search, "simclr", threads=1)
+
+
+def test_the_repository_search_gives_every_method_the_same_number_of_candidates():
+    search = tune.load_search(ROOT / "config/search.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(search["methods"]) == set(paths.ALL_METHODS)
+    for method, candidates in search["methods"].items():
+        assert len(candidates) == search["candidates"]
+        for overrides in candidates:
+            tune.with_overrides(params, method, overrides, "config/search.yaml")  # every candidate is valid params
