@@ -172,6 +172,9 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     # raw pixels on digits are easy: the probe must learn something real
     assert table.loc["raw_pixels", "linear_top1_mean"] > 80
     assert not list(workdir.rglob("*.tmp")), "temporary files left behind"
+    # the pretraining table names each method's optimizer, crops and the keys its own recipe sets
+    index = (report / "index.md").read_text()
+    assert re.search(r"\| carl \| 2 \| 128 \| sgd \| 0\.3 \| 0\.0005 \| \[0\.3, 1\.0\] \| shared \|", index), index
     # every row fine-tuned on the same labelled images
     metrics = workdir / "results/metrics/digits"
     subsets = {json.loads((metrics / m / "seed0/semisup_0.1.json").read_text())["subset_sha256"] for m in table.index}

@@ -12,6 +12,7 @@ an interrupted search skips the candidates it has already scored."""
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import shutil
 import time
@@ -72,8 +73,16 @@ def proxy_data(params: dict, proxy: dict, out: Path) -> Path:
     name = params["dataset"]
     target = out / "data"
     prepared = paths.prepared_dir({"paths": {"data": str(target)}}, name)
-    if (prepared / "meta.json").exists() and read_json(prepared / "meta.json").get("proxy") == proxy:
-        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".lock", "w") as lock:  # searches of several methods side by side write it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (prepared / "meta.json").exists() or read_json(prepared / "meta.json").get("proxy") != proxy:
+            _write_proxy_data(params, proxy, prepared)
+    return target
+
+
+def _write_proxy_data(params: dict, proxy: dict, prepared: Path) -> None:
+    name = params["dataset"]
     source = paths.prepared_dir(params, name)
     train = data.load_prepared(source, "train")
     order = np.random.default_rng(proxy["seed"]).permutation(len(train.labels))
@@ -83,7 +92,6 @@ def proxy_data(params: dict, proxy: dict, out: Path) -> Path:
                             (train.images[rest], train.labels[rest]), (train.images[held], train.labels[held]))
         meta = read_json(tmp / "meta.json")
         (tmp / "meta.json").write_text(json.dumps({**meta, "proxy": proxy}, indent=2))
-    return target
 
 
 def proxy_params(params: dict, proxy: dict, data_dir: Path, run_dir: Path) -> dict:
@@ -127,20 +135,26 @@ def run_search(params: dict, search: dict, method: str, threads: int | None = No
             "holdout_knn20_top1": round(100 * metrics["knn"]["metrics"].get("k20_top1", np.nan), 2),
             "pretrain_seconds": round(seconds, 1),
         }]
-        table = pd.DataFrame(rows).sort_values("candidate")
-        write_text(csv, table.to_csv(index=False))
-        write_text(out / f"{method}.md", markdown(table, method, proxy))
+        write_text(csv, pd.DataFrame(rows).sort_values("candidate").to_csv(index=False))
         shutil.rmtree(run_dir)  # checkpoints and features: tens of MB a candidate; the scores are kept
+    table = pd.DataFrame(rows).sort_values("candidate").reset_index(drop=True)
+    write_text(out / f"{method}.md", markdown(table, params, method, proxy))
     return csv
 
 
-def markdown(table: pd.DataFrame, method: str, proxy: dict) -> str:
+def markdown(table: pd.DataFrame, params: dict, method: str, proxy: dict) -> str:
+    from .train import pretrain_config
+
     best = table["holdout_linear_top1"].idxmax()
+    cfg = pretrain_config(params, method)
+    t = cfg["pretrain"]
     lines = [
         f"### {method}",
         "",
         f"Proxy: {proxy['pretrain_images']} pretraining images, {proxy['epochs']} epochs; score: linear top-1 on "
-        f"{proxy['holdout']} held-out train images (probe fitted on {proxy['probe_images']} others); seed {proxy['seed']}.",
+        f"{proxy['holdout']} held-out train images (probe fitted on {proxy['probe_images']} others); seed {proxy['seed']}. "
+        f"The preset's recipe: {t['optimizer']} lr {t['lr']} (per 256), weight decay {t['weight_decay']}, batch {t['batch_size']}, "
+        f"crop scale {cfg['augment']['crop_scale']}; method params {cfg['method_params']}.",
         "",
         "| # | overrides of the preset | held-out linear | held-out k-NN20 | pretraining s |",
         "|---|---|---|---|---|",
