@@ -66,7 +66,8 @@ class CADC(Method):
         "code: NT-Xent on two views + DEC clustering KL on the clean view + anchor KL, centres from k-means "
         "on the backbone's features; assumed: projector size, k-means n_init, no weight decay on the centres, "
         "clustering + anchor weight 0.1 (paper: 1), k-means after 2 epochs of the instance loss alone "
-        "(paper: on the untrained backbone)"
+        "(paper: on the untrained backbone); SGD, the shared recipe (Adam as in CC's code lost the equal search, "
+        "docs/tuning.md)"
     )
 
     def __init__(self, backbone, cfg, num_classes, num_train):
