@@ -57,16 +57,23 @@ def validate(params: dict, source: str = "params") -> dict:
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+def read_yaml_mapping(path: str | Path, what: str, hint: str = "") -> dict:
+    """A YAML file holding a mapping (params, a search file); one UserError naming the file
+    (and, for a syntax error, its line) otherwise."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: params file not found (pass --params FILE or run from the project root)")
+        raise UserError(f"{path}: {what} file not found{hint}")
     try:
-        params = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(params, dict):
-        raise UserError(f"{path}: expected a mapping of params at the top level")
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: expected a mapping of {what} keys at the top level")
+    return content
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    params = read_yaml_mapping(path, "params", " (pass --params FILE or run from the project root)")
     return validate(params, str(path))
 
 

@@ -20,24 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from . import data, paths
-from .config import validate
+from .config import read_yaml_mapping, validate
 from .io import UserError, atomic_dir, read_json, write_text
 
 PROXY_KEYS = {"holdout", "pretrain_images", "epochs", "probe_images", "seed"}
 
 
 def load_search(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: search file not found")
-    try:
-        search = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(search, dict) or set(search) != {"proxy", "candidates", "methods"}:
+    search = read_yaml_mapping(path, "search")
+    if set(search) != {"proxy", "candidates", "methods"}:
         raise UserError(f"{path}: expected exactly the keys proxy, candidates and methods")
     if set(search["proxy"]) != PROXY_KEYS or not all(isinstance(v, int) and v >= 0 for v in search["proxy"].values()):
         raise UserError(f"{path}: 'proxy' needs the integer keys {', '.join(sorted(PROXY_KEYS))}")
@@ -89,9 +82,7 @@ def _write_proxy_data(params: dict, proxy: dict, prepared: Path) -> None:
     held, rest = np.sort(order[: proxy["holdout"]]), np.sort(order[proxy["holdout"]:])
     with atomic_dir(prepared) as tmp:
         data.write_prepared(tmp, name, data.load_meta(source)["classes"],
-                            (train.images[rest], train.labels[rest]), (train.images[held], train.labels[held]))
-        meta = read_json(tmp / "meta.json")
-        (tmp / "meta.json").write_text(json.dumps({**meta, "proxy": proxy}, indent=2))
+                            (train.images[rest], train.labels[rest]), (train.images[held], train.labels[held]), proxy=proxy)
 
 
 def proxy_params(params: dict, proxy: dict, data_dir: Path, run_dir: Path) -> dict:

@@ -39,8 +39,9 @@ def prepare(name: str, raw_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple) -> None:
-    """Write the prepared format into the (existing, temporary) folder `out_dir`."""
+def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple, **meta) -> None:
+    """Write the prepared format into the (existing, temporary) folder `out_dir`; `meta` adds
+    entries to meta.json (the tuning proxy records how it was drawn)."""
     (xtr, ytr), (xte, yte) = train, test
     for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
         assert x.dtype == np.uint8 and x.ndim == 4, (x.dtype, x.shape)
@@ -55,6 +56,7 @@ def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple)
             "num_test": int(len(xte)),
             # load_prepared checks these: a file changed or damaged since is refused
             "sha256": {f"{split}.npz": file_sha256(out_dir / f"{split}.npz") for split in ("train", "test")},
+            **meta,
         },
     )
 

@@ -64,8 +64,6 @@ def extract(archive: Path, dest: Path) -> list[str]:
             tar.extractall(dest, filter="data")
             return [m.name for m in members]
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        if isinstance(e, UserError):
-            raise
         raise UserError(f"{archive}: cannot be read as a tar or zip archive ({type(e).__name__}: {e}); "
                         "it is truncated or corrupt: delete it and fetch it again") from None
 
