@@ -2,6 +2,7 @@
 images never pretrained on, the test split never read, an interrupted search resumed."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -69,6 +70,16 @@ def test_a_search_scores_each_candidate_on_the_held_out_images_and_resumes(tmp_p
     tune.run_search(digits, search, "carl", threads=1)
     assert len(calls) == 1 and calls[0][0]["method_params"]["carl"]["temperature"] == 0.3
     assert json.loads(pd.read_csv(csv)["overrides"][1]) == {"temperature": 0.3}
+
+    # a preset edit (a winner adopted) changes what `{}` means: that candidate is scored again
+    calls.clear()
+    before = pd.read_csv(csv)["fingerprint"]
+    adopted = copy.deepcopy(digits)
+    adopted["method_params"]["carl"]["temperature"] = 0.2
+    tune.run_search(adopted, search, "carl", threads=1)
+    assert len(calls) == 1 and calls[0][0]["method_params"]["carl"]["temperature"] == 0.2
+    after = pd.read_csv(csv)["fingerprint"]
+    assert after[0] != before[0] and after[1] == before[1]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ frozen encoder by the linear probe's top-1 on the held-out images (the probe is 
 (`config/search.yaml`) lists each method's candidates as overrides of its params, dotted keys
 under `method_params.<method>` (`temperature`, `augment.crop_scale`, `pretrain.lr`, ...); every
 method must list the same number. Results go to `<results>/tuning/<dataset>/<method>.{csv,md}`;
-an interrupted search skips the candidates it has already scored."""
+each row records the fingerprint of what it scored (the resolved recipe, backbone, probe, proxy),
+so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
+(say, a winner adopted), `{}` means the new preset and is scored again."""
 from __future__ import annotations
 
 import copy
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, paths
-from .config import read_yaml_mapping, validate
+from .config import fingerprint, read_yaml_mapping, validate
 from .io import UserError, atomic_dir, read_json, write_text
 
 PROXY_KEYS = {"holdout", "pretrain_images", "epochs", "probe_images", "seed"}
@@ -98,30 +100,31 @@ def run_search(params: dict, search: dict, method: str, threads: int | None = No
     """Score every candidate of `method` on the proxy; write the table; return the CSV's path."""
     from .evaluate.features import embed
     from .evaluate.run import evaluate
-    from .train import pretrain
+    from .train import pretrain, pretrain_config
 
     if method not in search["methods"]:
         raise UserError(f"{source}: no candidates for '{method}' under 'methods'")
     proxy, seed = search["proxy"], search["proxy"]["seed"]
     out = paths.results_dir(params) / "tuning" / params["dataset"]
     csv = out / f"{method}.csv"
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["candidate", "overrides"])
+    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["candidate", "overrides", "fingerprint"])
     data_dir = proxy_data(params, proxy, out)
     rows = done.to_dict("records")
     candidates = [with_overrides(params, method, o, source) for o in search["methods"][method]]  # all valid before any training
     for i, overrides in enumerate(search["methods"][method]):
-        key = json.dumps(overrides, sort_keys=True)
-        if any(r["candidate"] == i and r["overrides"] == key for r in rows):
-            continue
         run_dir = out / method / str(i)
         p = proxy_params(candidates[i], proxy, data_dir, run_dir)
+        # what the score depends on; the data folder and run dir are left out (same run wherever it lives)
+        run = fingerprint({**pretrain_config(p, method), "eval": p["eval"], "proxy": proxy})
+        if any(r["candidate"] == i and r.get("fingerprint") == run for r in rows):
+            continue
         t0 = time.time()
         pretrain(p, method, seed, threads=threads, progress=False)
         seconds = time.time() - t0
         embed(p, method, seed, threads=threads)
         metrics = {e: read_json(evaluate(p, e, method, seed, threads=threads)) for e in ("linear", "knn")}
         rows = [r for r in rows if r["candidate"] != i] + [{
-            "candidate": i, "overrides": key,
+            "candidate": i, "overrides": json.dumps(overrides, sort_keys=True), "fingerprint": run,
             "holdout_linear_top1": round(100 * metrics["linear"]["metrics"]["top1"], 2),
             "holdout_knn20_top1": round(100 * metrics["knn"]["metrics"].get("k20_top1", np.nan), 2),
             "pretrain_seconds": round(seconds, 1),
