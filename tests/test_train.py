@@ -295,3 +295,39 @@ def test_a_methods_recipe_replaces_the_shared_keys_and_is_recorded(tiny):
     del tiny["method_params"]["carl"]["pretrain"]
     with pytest.raises(UserError, match=r"pretrain"):
         train.load_trained(tiny, "carl", 0)
+
+
+@pytest.mark.parametrize("method, has_prototypes", [("carl", True), ("swav", True), ("coke", True), ("simclr", False)])
+def test_history_logs_online_knn_and_prototype_use_without_changing_training(tiny, tmp_path, monkeypatch, method, has_prototypes):
+    run = train.pretrain(tiny, method, 0, threads=1, progress=False)
+    weights = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    h = pd.read_csv(run / "history.csv")
+    assert h["online_knn20_top1"].between(0, 100).all() and h["online_knn20_top1"].nunique() > 1
+    if has_prototypes:
+        k = tiny["method_params"][method].get("num_prototypes") or tiny["method_params"][method]["num_clusters"][-1]
+        assert (h["prototypes"] == k).all() and h["prototypes_used"].between(1, k).all()
+        assert h["prototype_entropy"].between(0, 1).all()
+    else:
+        assert "prototypes_used" not in h
+
+    # the monitor only reads the weights: a different monitor subset leaves training bit for bit
+    monkeypatch.setattr(train, "MONITOR_BANK", 17)
+    monkeypatch.setattr(train, "MONITOR_QUERY", 5)
+    other = dict(tiny, paths={**tiny["paths"], "results": str(tmp_path / "other")})
+    again = torch.load(train.pretrain(other, method, 0, threads=1, progress=False) / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_prototype_use_counts_and_normalised_entropy():
+    from clusterssl.methods.base import Method
+
+    backbone = torch.nn.Linear(2, 2)
+    backbone.num_features = 2
+    m = Method(backbone, {}, 10, 10)
+    assert m.take_usage() == {}
+    m.record_assignments(torch.tensor([0, 1]), 4)
+    m.record_assignments(torch.tensor([1, 0]), 4)
+    assert m.take_usage() == {"prototypes": 4, "prototypes_used": 2, "prototype_entropy": 0.5}  # log 2 / log 4
+    m.record_assignments(torch.tensor([0, 1, 2, 3]), 4)
+    assert m.take_usage()["prototype_entropy"] == 1.0
+    assert m.take_usage() == {}  # reset after each epoch

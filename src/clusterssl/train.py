@@ -2,7 +2,9 @@
 
 SGD / LARS / Adam / AdamW, linear warm-up then cosine decay (per step), seeds, AMP (bf16 on CUDA),
 channels_last, optional torch.compile, a checkpoint every N epochs that a re-run resumes
-from, a tqdm progress bar, and `history.csv` with the loss and each of its terms per epoch."""
+from, a tqdm progress bar, and `history.csv` with, per epoch, the loss and each of its terms, an
+online k-NN monitor on a fixed train subset and, for methods with prototypes, how many of them
+the epoch used and how evenly."""
 from __future__ import annotations
 
 import csv
@@ -145,6 +147,17 @@ def remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+MONITOR_BANK, MONITOR_QUERY = 4000, 1000
+
+
+def monitor_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The online k-NN monitor's fixed train-split indices (the same for every method and seed):
+    a bank of up to MONITOR_BANK images and up to MONITOR_QUERY others (a quarter of small sets)."""
+    order = np.random.default_rng(0).permutation(n)
+    q = min(MONITOR_QUERY, n // 4)
+    return np.sort(order[q : q + MONITOR_BANK]), np.sort(order[:q])
+
+
 def pretrain(params: dict, method_name: str, seed: int, threads: int | None = None, progress: bool = True) -> Path:
     cfg = pretrain_config(params, method_name)
     tcfg = cfg["pretrain"]
@@ -199,7 +212,9 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
             torch.set_rng_state(state["torch_rng"].cpu())
             history, start_epoch = state["history"], state["epoch"]
             if "step" in state:  # saved on SIGTERM between two steps of an epoch
-                start_step, mid_epoch = state["step"], {"perm": state["perm"].to(device), "sums": state["sums"]}
+                usage = state.get("usage")
+                start_step, mid_epoch = state["step"], {"perm": state["perm"].to(device), "sums": state["sums"],
+                                                        "usage": None if usage is None else usage.to(device)}
         except (UserError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             # never trusted and never in the way of later runs: set aside for a look
             aside = resume_file.with_name("resume.pt.rejected")
@@ -217,12 +232,25 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     )
 
     @torch.no_grad()
-    def encode_train_set() -> torch.Tensor:
-        was_training = model.backbone.training
-        model.backbone.eval()
-        feats = torch.cat([model.backbone(norm(images[i : i + 1024].float() / 255)) for i in range(0, len(images), 1024)])
-        model.backbone.train(was_training)
+    def encode(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        was_training = encoder.training
+        encoder.eval()
+        feats = torch.cat([encoder(norm(x[i : i + 1024].float() / 255)) for i in range(0, len(x), 1024)])
+        encoder.train(was_training)
         return feats
+
+    encode_train_set = lambda: encode(model.backbone, images)
+    bank, query = monitor_split(len(images))
+    train_labels = torch.from_numpy(train.labels)
+
+    def online_knn() -> float:
+        """The monitor: k-NN (k = 20) top-1 of the evaluation encoder on a fixed subset of the
+        train split (labels only score it; the test split is never read)."""
+        from .evaluate.protocols import knn_predict
+
+        f = encode(model.eval_encoder(), images[torch.from_numpy(np.concatenate([bank, query])).to(device)]).float().cpu()
+        pred = knn_predict(f[: len(bank)], train_labels[bank], f[len(bank):], k=20, temperature=0.1)
+        return round(100 * float((torch.from_numpy(pred) == train_labels[query]).float().mean()), 2)
 
     def resume_state(**extra) -> dict:
         return {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
@@ -236,14 +264,16 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 perm = torch.randperm(len(images), generator=order_gen).to(device)
                 first_step = 0
             else:  # the epoch a SIGTERM interrupted: same order, same running sums, its start hook already ran
-                sums, perm, first_step, mid_epoch = mid_epoch["sums"], mid_epoch["perm"], start_step, None
+                sums, perm, first_step = mid_epoch["sums"], mid_epoch["perm"], start_step
+                model.usage_counts, mid_epoch = mid_epoch["usage"], None
             model.train()
             t0 = time.time()
             bar = tqdm(range(first_step, steps_per_epoch), desc=f"{method_name} epoch {epoch + 1}/{tcfg['epochs']}", disable=not progress, mininterval=5, leave=False)
             for it in bar:
                 if sigterm.received:
                     with atomic_path(resume_file) as tmp:
-                        torch.save(resume_state(epoch=epoch, step=it, perm=perm.cpu(), sums=sums), tmp)
+                        usage = getattr(model, "usage_counts", None)
+                        torch.save(resume_state(epoch=epoch, step=it, perm=perm.cpu(), sums=sums, usage=None if usage is None else usage.cpu()), tmp)
                     raise Preempted(
                         f"{method_name}: stopped by SIGTERM at epoch {epoch + 1}, step {it}; saved {resume_file}: "
                         "run the same command again to resume from there"
@@ -277,8 +307,10 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 if it % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
             model.on_epoch_end(epoch)
-            dt = time.time() - t0
-            history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr, "seconds": round(dt, 2), "images_per_s": round((steps_per_epoch - first_step) * batch / dt, 1)})
+            dt = time.time() - t0  # training only: the monitor below is not in images/s
+            history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr, "seconds": round(dt, 2),
+                            "images_per_s": round((steps_per_epoch - first_step) * batch / dt, 1),
+                            "online_knn20_top1": online_knn(), **model.take_usage()})
             print(json.dumps(history[-1]), flush=True)
             if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
                 with atomic_path(resume_file) as tmp:

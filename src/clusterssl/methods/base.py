@@ -90,6 +90,25 @@ class Method(nn.Module):
             (no_decay if p.ndim <= 1 else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
+    # --- prototype use, for the report (methods with prototypes or clusters call this) ------------
+    def record_assignments(self, assigned: torch.Tensor, k: int) -> None:
+        """Count the prototypes (of `k`) that this step's samples are assigned to. A plain
+        attribute, not a buffer: it is a monitor, never part of the model's state."""
+        usage = getattr(self, "usage_counts", None)
+        if usage is None or len(usage) != k:
+            usage = torch.zeros(k, dtype=torch.long, device=assigned.device)
+        self.usage_counts = usage + torch.bincount(assigned.detach().flatten(), minlength=k)
+
+    def take_usage(self) -> dict:
+        """This epoch's prototype use ({} for methods without prototypes), then reset: how many
+        prototypes received at least one sample, and the entropy of their use over log K (1: even)."""
+        usage, self.usage_counts = getattr(self, "usage_counts", None), None
+        if usage is None or usage.sum() == 0:
+            return {}
+        p = usage.double() / usage.sum()
+        entropy = -(p[p > 0] * p[p > 0].log()).sum() / torch.log(torch.tensor(float(len(p)), dtype=torch.float64))
+        return {"prototypes": len(p), "prototypes_used": int((usage > 0).sum()), "prototype_entropy": round(float(entropy), 4)}
+
     # --- evaluation ----------------------------------------------------------------------------
     def eval_encoder(self) -> nn.Module:
         """The frozen encoder the evaluations use (the online backbone by default)."""

@@ -111,7 +111,9 @@ class CARL(Method):
     def training_step(self, batch):
         views = batch["views"]
         blocks = self.random_blocks(views[0].device)
-        student = [partition(self.head(self.backbone(v)), blocks) for v in views]
+        logits = [self.head(self.backbone(v)) for v in views]
+        self.record_assignments(logits[0].argmax(dim=1), logits[0].shape[1])
+        student = [partition(s, blocks) for s in logits]
         with torch.no_grad():
             t = self.cfg["target_temperature"]
             if self.teacher is not None:

@@ -107,6 +107,8 @@ class CoKe(Method):
                 targets = fresh if first_epoch else head.labels[index]
                 head.update(feats, fresh)
                 head.labels[index] = fresh
+                if head is self.heads[-1]:  # the report shows the use of its last (by default largest) head
+                    self.record_assignments(fresh, len(head.duals))
                 centres = head.current.clone() if first_epoch else head.previous
                 soft = [F.softmax(p @ centres.t() / t, dim=1) for p in proj]
             for out in (proj, pred):

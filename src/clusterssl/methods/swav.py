@@ -53,6 +53,7 @@ class SwAV(Method):
         if batch["epoch"] < self.cfg["freeze_prototypes_epochs"]:
             weight = weight.detach()
         scores = [zi @ weight.t() for zi in z]
+        self.record_assignments(scores[0].argmax(dim=1), len(weight))
         codes = []
         with torch.no_grad():
             for j in range(2):
