@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from clusterssl.evaluate.metrics import cluster_accuracy, clustering_scores
+from clusterssl.evaluate.metrics import cluster_accuracy, clustering_scores, matched_confusion
 from clusterssl.evaluate.protocols import kmeans_clustering, knn, knn_predict, linear_probe
 
 
@@ -186,3 +186,17 @@ def test_select_and_probe_chooses_lr_on_validation_not_test():
     assert shuffled["lr"] == 0.1 and shuffled["val_top1"] == res["val_top1"]
     single = select_and_probe(xtr, ytr, xte, yte, epochs=5, lrs=[0.1], weight_decay=0.0, batch_size=32, seed=0, val_fraction=0.2)
     assert single["val_top1"] == {} and single["top1"] == pytest.approx(res["top1"])
+
+
+def test_matched_confusion_hand_computed():
+    # clusters 7 -> class 0, 3 -> class 1, 5 -> class 2 (best matching); one class-1 image lands in cluster 7
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    clusters = np.array([7, 7, 7, 3, 3, 5])
+    assert matched_confusion(labels, clusters) == [[2, 0, 0], [1, 2, 0], [0, 0, 1]]
+    # the diagonal is the matched count: ACC x n, for random assignments too
+    rng = np.random.default_rng(0)
+    y, c = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    assert np.trace(matched_confusion(y, c)) == round(cluster_accuracy(y, c) * 300)
+    # more clusters than classes: the extra ones fall into an "unmatched" column, nothing is lost
+    m = np.array(matched_confusion(np.array([0, 0, 1, 1]), np.array([0, 1, 2, 2])))
+    assert m.shape == (2, 3) and m.sum() == 4 and m[:, 2].sum() == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .metrics import clustering_scores
+from .metrics import clustering_scores, matched_confusion
 
 
 def select_and_probe(train_x, train_y, test_x, test_y, epochs: int, lrs: list[float], weight_decay: float, batch_size: int, seed: int, val_fraction: float) -> dict:
@@ -81,4 +81,4 @@ def kmeans_clustering(x, y, n_clusters: int, n_init: int, seed: int) -> dict:
 
     xn = np.asarray(F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1))
     pred = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(xn)
-    return clustering_scores(y, pred)
+    return {**clustering_scores(y, pred), "confusion": matched_confusion(y, pred)}
