@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from clusterssl.paths import report_files
 from clusterssl.stages import STAGE_PARAMS
 from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, snakemake
 
@@ -158,8 +159,9 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     Snakemake validated, so the report has exactly the rows the DAG scheduled."""
     workdir = tiny_local_run
     report = workdir / "results" / "report"
-    for f in ["tables/main.csv", "tables/main.md", "tables/intervals.md", "figures/training_curves.png", "figures/embeddings.png", "index.md"]:
-        assert (report / f).stat().st_size > 0, f
+    params = yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())
+    for f in report_files(params):
+        assert f.stat().st_size > 0, f
     table = pd.read_csv(report / "tables/main.csv").set_index("method")
     assert list(table.index) == ["raw_pixels", "scratch", "carl"]
     assert yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())["methods"] == ["carl"]
@@ -251,14 +253,22 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
     params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
     params["methods"] = ["carl"]  # each DVC stage is a process of its own: one method keeps this test short
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**ENV, "DVC_NO_ANALYTICS": "1"}
+    env = {**ENV, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     dvc = lambda *a: subprocess.run([BIN / "dvc", *a], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
-    dvc("init", "--no-scm", "-q")
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
+    git("init", "-q")
+    dvc("init", "-q")
     dvc("repro")
     table = pd.read_csv(tmp_path / "results/tiny/report/tables/main.csv").set_index("method")
     assert list(table.index) == ["raw_pixels", "scratch", "carl"]
     assert table["semisup_0.01_top1_mean"].notna().all() and table["transfer_fashion_mnist_linear_top1_mean"].notna().sum() == 2
     assert json.loads(dvc("status", "--json")) == {}
+    metrics = json.loads(dvc("metrics", "show", "--json"))
+    shown = next(iter(metrics.values()))["data"]["results/tiny/report/metrics.json"]["data"]
+    assert shown["carl"]["linear_top1"] == pytest.approx(table.loc["carl", "linear_top1_mean"], abs=1e-4)
+    assert "online_knn20_top1" in dvc("plots", "show", "--json")
+    git("add", "-A")
+    git("commit", "-qm", "tiny, 2 epochs")
 
     params["pretrain"]["epochs"] = 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -268,6 +278,11 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
     out = dvc("repro")
     ran = set(re.findall(r"Running stage '([^'@]+)", out))
     assert ran == {"pretrain", "embed", "embed_transfer", "evaluate", "transfer", "semisup", "report"}, out
+    # the changed metrics against the committed run: CARL's moved, the baselines' did not
+    diff = json.loads(dvc("metrics", "diff", "--json"))["results/tiny/report/metrics.json"]
+    assert "carl.linear_top1" in diff and diff["carl.linear_top1"]["old"] != diff["carl.linear_top1"]["new"], diff
+    assert not any(k.startswith("raw_pixels.") for k in diff), diff
+    assert "carl.linear_top1" in dvc("exp", "show", "--csv").splitlines()[0]
 
 
 def test_conda_environments_install_what_pyproject_lists():

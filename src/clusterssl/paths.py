@@ -81,16 +81,20 @@ def report_dir(params: dict) -> Path:
     return results_dir(params) / "report"
 
 
+REPORT_TABLES = ("main", "intervals", "scorecard", "methods")  # each as .csv, .md and .tex (intervals: .csv with paired.csv)
+REPORT_FIGURES = ("training_curves", "online_knn", "prototype_usage", "label_efficiency", "embeddings", "confusion")
+
+
 def report_files(params: dict) -> list[Path]:
     d = report_dir(params)
+    t = d / "tables"
     return [
-        d / "tables" / "main.csv",
-        d / "tables" / "main.md",
-        d / "tables" / "intervals.md",
-        d / "tables" / "intervals.csv",
-        d / "tables" / "paired.csv",
-        d / "figures" / "training_curves.png",
-        d / "figures" / "embeddings.png",
+        *(t / f"{name}.{ext}" for name in REPORT_TABLES for ext in ("csv", "md", "tex")),
+        t / "paired.csv",
+        t / "runs.csv",
+        t / "label_efficiency.csv",
+        *(d / "figures" / f"{name}.png" for name in REPORT_FIGURES),
+        d / "metrics.json",
         d / "index.md",
     ]
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from clusterssl import cluster
 from clusterssl.stages import stage_params
 
@@ -22,7 +24,17 @@ def benchmark_file(name):
 
 
 def report_outputs():
-    return [str(p) for p in paths.report_files(config)]
+    """The report's files; its CSV tables and figures go into `snakemake --report` with their
+    caption (workflow/report/<name>.rst)."""
+    out = []
+    for p in paths.report_files(config):
+        caption = Path(workflow.basedir) / "workflow" / "report" / f"{p.stem}.rst"
+        if p.suffix in (".csv", ".png"):
+            category = "Figures" if p.suffix == ".png" else "Tables"
+            out.append(report(str(p), caption=str(caption), category=category))
+        else:
+            out.append(str(p))
+    return out
 
 
 def prepared(dataset):

@@ -2,15 +2,19 @@
 histories, cached features) — never from checkpoints. Each output is written atomically."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .. import paths
 from ..data import load_meta
-from ..io import UserError, read_json, write_text
-from .figures import embedding_figure, training_curves_figure
+from ..io import UserError, read_json, write_json, write_text
+from . import tables
+from .figures import (confusion_figure, embedding_figure, label_efficiency_figure, online_knn_figure, prototype_usage_figure,
+                      training_curves_figure)
 from .stats import paired_difference, t_interval
 
 #: the method the paired differences are taken against (the paper's)
@@ -90,19 +94,23 @@ def _fmt(value: float, pct) -> str:
     return ("{:.2f}" if pct else "{:.3f}" if pct is False else "{:.0f}").format(value)
 
 
-def to_markdown(summary: pd.DataFrame, cols: list[tuple]) -> str:
-    """Mean +- standard deviation over seeds (the +- only with more than one seed); n = seeds."""
-    header = ["method", "n", *(c[4] for c in cols), "pretrain min"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def main_cells(summary: pd.DataFrame, cols: list[tuple]) -> pd.DataFrame:
+    """The main table as printed: mean ± standard deviation over seeds (the ± only with more
+    than one seed); n = seeds."""
+    rows = []
     for _, r in summary.iterrows():
-        cells = [r["method"], str(int(r["seeds"]))]
-        for col, _, _, pct, _ in cols:
+        row = {"method": r["method"], "n": str(int(r["seeds"]))}
+        for col, _, _, pct, header in cols:
             m, s = r[f"{col}_mean"], r[f"{col}_std"]
-            cells.append("–" if pd.isna(m) else _fmt(m, pct) + (f" ± {_fmt(s, pct)}" if r["seeds"] > 1 else ""))
+            row[header] = "–" if pd.isna(m) else _fmt(m, pct) + (f" ± {_fmt(s, pct)}" if r["seeds"] > 1 else "")
         pm = r.get("pretrain_minutes_mean")
-        cells.append("–" if pm is None or pd.isna(pm) else f"{pm:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        row["pretrain min"] = "–" if pm is None or pd.isna(pm) else f"{pm:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(summary: pd.DataFrame, cols: list[tuple]) -> str:
+    return tables.to_markdown(main_cells(summary, cols))
 
 
 def intervals(runs: pd.DataFrame, cols: list[tuple], confidence: float = 0.95) -> pd.DataFrame:
@@ -128,44 +136,104 @@ def paired_differences(runs: pd.DataFrame, cols: list[tuple], reference: str, co
     return pd.DataFrame(out)
 
 
-def intervals_markdown(iv: pd.DataFrame, paired: pd.DataFrame, cols: list[tuple], reference: str) -> str:
+def interval_cells(iv: pd.DataFrame, paired: pd.DataFrame, cols: list[tuple]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two seed tables as printed (empty frames where fewer than two seeds allow no interval)."""
     pct = {c[0]: c[3] for c in cols}
     header = {c[0]: c[4] for c in cols}
+    ci = lambda r, p: "–" if pd.isna(r["low"]) else f"[{_fmt(r['low'], p)}, {_fmt(r['high'], p)}]"
+    one = pd.DataFrame(columns=["method", "metric", "n", "mean", "95 % interval"])
+    if not iv.empty and iv["n"].max() >= 2:
+        one = pd.DataFrame([{"method": r["method"], "metric": header[r["metric"]], "n": r["n"], "mean": _fmt(r["mean"], pct[r["metric"]]),
+                             "95 % interval": ci(r, pct[r["metric"]])} for _, r in iv.iterrows()])
+    two = pd.DataFrame(columns=["versus", "metric", "n", "mean difference", "95 % interval", "p (paired t)", "excludes 0"])
+    if not paired.empty and paired["n"].max() >= 2:
+        two = pd.DataFrame([{"versus": r["versus"], "metric": header[r["metric"]], "n": r["n"], "mean difference": _fmt(r["mean"], pct[r["metric"]]),
+                             "95 % interval": ci(r, pct[r["metric"]]), "p (paired t)": "–" if pd.isna(r["p_value"]) else f"{r['p_value']:.3f}",
+                             "excludes 0": "yes" if r["excludes_zero"] else "no"} for _, r in paired.iterrows()])
+    return one, two
+
+
+def intervals_markdown(iv: pd.DataFrame, paired: pd.DataFrame, cols: list[tuple], reference: str) -> str:
+    one, two = interval_cells(iv, paired, cols)
     lines = ["### 95 % intervals of the mean over seeds (Student t, n - 1 degrees of freedom)", ""]
-    if iv.empty or iv["n"].max() < 2:
-        lines.append("_One seed: no interval is claimed. Run with several seeds (`seeds: [0, 1, 2]`)._")
-    else:
-        lines += ["| method | metric | n | mean | 95 % interval |", "|---|---|---|---|---|"]
-        for _, r in iv.iterrows():
-            ci = "–" if pd.isna(r["low"]) else f"[{_fmt(r['low'], pct[r['metric']])}, {_fmt(r['high'], pct[r['metric']])}]"
-            lines.append(f"| {r['method']} | {header[r['metric']]} | {r['n']} | {_fmt(r['mean'], pct[r['metric']])} | {ci} |")
+    lines.append(tables.to_markdown(one) if len(one) else "_One seed: no interval is claimed. Run with several seeds (`seeds: [0, 1, 2]`)._")
     lines += ["", f"### Paired differences over seeds: {reference} minus each other row", ""]
     if paired.empty:
         lines.append(f"_{reference} is not in this run, or no other row shares a metric with it._")
-    elif paired["n"].max() < 2:
-        lines.append("_One seed: no paired interval is claimed._")
     else:
-        lines += ["| versus | metric | n | mean difference | 95 % interval | p (paired t) | excludes 0 |", "|---|---|---|---|---|---|---|"]
-        for _, r in paired.iterrows():
-            p = pct[r["metric"]]
-            ci = "–" if pd.isna(r["low"]) else f"[{_fmt(r['low'], p)}, {_fmt(r['high'], p)}]"
-            pv = "–" if pd.isna(r["p_value"]) else f"{r['p_value']:.3f}"
-            lines.append(f"| {r['versus']} | {header[r['metric']]} | {r['n']} | {_fmt(r['mean'], p)} | {ci} | {pv} | {'yes' if r['excludes_zero'] else 'no'} |")
+        lines.append(tables.to_markdown(two) if len(two) else "_One seed: no paired interval is claimed._")
     return "\n".join(lines) + "\n"
 
 
-def reference_table(reference: Path | None, dataset: str) -> str:
-    if reference is None or not reference.exists():
-        return "_No published-numbers file found._\n"
-    ref = pd.read_csv(reference)
-    ref = ref[ref["dataset"].isin([dataset, "*"])]
-    if ref.empty:
-        return f"_No published numbers for {dataset} in {reference}._\n"
-    lines = ["| method | backbone | protocol | metric | value | source |", "|---|---|---|---|---|---|"]
-    for _, r in ref.iterrows():
-        v = "" if pd.isna(r["value"]) else r["value"]
-        lines.append(f"| {r['method']} | {r['backbone']} | {r['protocol']} | {r['metric']} | {v} | {r['source']} ({r['status']}) |")
-    return "\n".join(lines) + "\n"
+def label_efficiency(runs: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """Test top-1 per method and share of labels: fine-tuned at each semi-supervised fraction,
+    the frozen linear probe at 100 %; mean and 95 % t interval over seeds."""
+    rows = []
+    points = [(100 * f, "fine-tune", f"semisup_{f:g}_top1") for f in params["eval"]["semisup"]["fractions"]]
+    for method, g in runs.groupby("method", sort=False):
+        for percent, protocol, col in [*points, (100.0, "frozen linear probe", "linear_top1")]:
+            if col in g and g[col].notna().any():
+                rows.append({"method": method, "labels_percent": percent, "protocol": protocol, **t_interval(g[col].astype(float))})
+    return pd.DataFrame(rows)
+
+
+def dvc_metrics(summary: pd.DataFrame, cols: list[tuple]) -> dict:
+    """{method: {metric: mean over seeds}} for `dvc metrics show / diff` and `dvc exp show`."""
+    out = {}
+    for _, r in summary.iterrows():
+        out[r["method"]] = {c[0]: round(float(r[f"{c[0]}_mean"]), 4) for c in cols if pd.notna(r[f"{c[0]}_mean"])}
+    return out
+
+
+#: each figure's file and its one-line reading in index.md (the HTML report's captions are in workflow/report/)
+FIGURES = {
+    "training_curves.png": ("Training curves", "the loss and each of its terms per epoch, one panel per method."),
+    "online_knn.png": ("Online k-NN", "k-NN (k = 20) top-1 of each encoder on a fixed train subset after every epoch: how fast each method learns."),
+    "prototype_usage.png": ("Prototype use", "for CARL, SwAV and CoKe, the share of prototypes that receive a training sample and the evenness of their use, per epoch; a collapse shows as a drop."),
+    "label_efficiency.png": ("Label efficiency", "test top-1 against the share of labels: fine-tuned at each semi-supervised fraction, the frozen linear probe at 100 %."),
+    "embeddings.png": ("Embeddings", "2-D embedding of test features per encoder, coloured by class."),
+    "confusion.png": ("k-means confusion", "k-means clusters (K = classes) matched to classes by the Hungarian method; rows are true classes."),
+}
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
+    return f"{cpu}, {os.cpu_count()} logical CPUs; GPU: {gpu}; {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("clusterssl", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "snakemake", "dvc"):
+        try:
+            out.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            out.append(f"{pkg} not installed")
+    return ", ".join(out)
+
+
+def wall_times(params: dict) -> pd.DataFrame:
+    """Per stage (rule), the jobs' count, total and longest wall time from Snakemake's benchmark files."""
+    rows = []
+    root = paths.results_dir(params) / "benchmarks"
+    for f in sorted(root.rglob("*.tsv")):
+        parts = f.relative_to(root).parts
+        stage = "/".join(parts[:2] if parts[0] == "eval" else parts[:1]).removesuffix(".tsv")
+        rows.append({"stage": stage, "job": str(f.relative_to(root).with_suffix("")), "s": float(pd.read_csv(f, sep="\t")["s"].iloc[-1])})
+    if not rows:
+        return pd.DataFrame(columns=["stage", "jobs", "total s", "longest s"])
+    df = pd.DataFrame(rows).groupby("stage", sort=False)["s"]
+    return pd.DataFrame({"jobs": df.size(), "total s": df.sum().round(1), "longest s": df.max().round(1)}).reset_index()
 
 
 def build_report(params: dict, reference: Path | None = None) -> Path:
@@ -174,47 +242,61 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
 
     reference = reference or DEFAULT_REFERENCE
     out = paths.report_dir(params)
+    t, f = out / "tables", out / "figures"
     runs = collect(params)
     cols = columns(params)
     summary = summarise(runs)
-    tables = out / "tables"
-    write_text(tables / "runs.csv", runs.to_csv(index=False))
-    write_text(tables / "main.csv", summary.to_csv(index=False))
-    main_md = to_markdown(summary, cols)
-    write_text(tables / "main.md", main_md)
-    iv, paired = intervals(runs, cols), paired_differences(runs, cols, REFERENCE_METHOD)
-    write_text(tables / "intervals.csv", iv.to_csv(index=False))
-    write_text(tables / "paired.csv", paired.to_csv(index=False))
-    intervals_md = intervals_markdown(iv, paired, cols, REFERENCE_METHOD)
-    write_text(tables / "intervals.md", intervals_md)
-
-    histories = {m: [pd.read_csv(paths.run_files(params, m, s)[1]) for s in params["seeds"]] for m in paths.methods(params)}
-    training_curves_figure(histories, out / "figures" / "training_curves.png")
-    feats = {}
-    for m in paths.evaluated_methods(params):
-        f = paths.features_file(params, m, params["seeds"][0])
-        with np.load(f) as z:
-            feats[m] = (z["test_features"], z["test_labels"])
-    classes = load_meta(paths.prepared_dir(params, params["dataset"]))["classes"]
-    embedding_figure(feats, out / "figures" / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=params["seeds"][0], classes=classes)
-
-    notes = "\n".join(f"- **{m}**: {get_method(m).provenance}." for m in paths.methods(params))
     seed0 = params["seeds"][0]
     runs_cfg = {m: read_json(paths.run_files(params, m, seed0)[2]) for m in paths.methods(params)}
     backbone = runs_cfg[paths.methods(params)[0]]["backbone"]
-    setup = (
-        f"Backbone `{backbone['name']}` layers {backbone['layers']}, channels {backbone['channels']}, stem "
-        f"`{backbone['stem']}`, trained from scratch by every method for the same number of epochs.\n\n"
-        "| method | epochs | batch | optimizer | lr (per 256) | weight decay | crop scale | its recipe (keys it sets) | images | device, threads |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
-        + "\n".join(
-            f"| {m} | {c['pretrain']['epochs']} | {c['pretrain']['batch_size']} | {c['pretrain']['optimizer']} | {c['pretrain']['lr']} | "
-            f"{c['pretrain']['weight_decay']} | {c['augment']['crop_scale']} | "
-            f"{', '.join(f'{k}: {v}' for k, v in recipe(params, m).items()) or 'shared'} | {c['train_images']} | {c['device']}, {c['threads']} |"
-            for m, c in runs_cfg.items()
-        )
-        + "\n\nMethod params: " + "; ".join(f"**{m}** {c['method_params']}" for m, c in runs_cfg.items())
-    )
+    epochs = runs_cfg[paths.methods(params)[0]]["pretrain"]["epochs"]
+
+    # tables: CSV (numbers), Markdown and LaTeX (as printed)
+    write_text(t / "runs.csv", runs.to_csv(index=False))
+    write_text(t / "main.csv", summary.to_csv(index=False))
+    cells = main_cells(summary, cols)
+    main_md = tables.to_markdown(cells)
+    write_text(t / "main.md", main_md)
+    write_text(t / "main.tex", tables.to_latex(cells, f"{params['dataset']}: mean ± std over n seeds", "tab:main"))
+    iv, paired = intervals(runs, cols), paired_differences(runs, cols, REFERENCE_METHOD)
+    write_text(t / "intervals.csv", iv.to_csv(index=False))
+    write_text(t / "paired.csv", paired.to_csv(index=False))
+    intervals_md = intervals_markdown(iv, paired, cols, REFERENCE_METHOD)
+    write_text(t / "intervals.md", intervals_md)
+    one, two = interval_cells(iv, paired, cols)
+    write_text(t / "intervals.tex", tables.to_latex(one, "95 % t intervals of the mean over seeds", "tab:intervals")
+               + tables.to_latex(two, f"Paired differences over seeds: {REFERENCE_METHOD} minus each row", "tab:paired"))
+    ref = pd.read_csv(reference)
+    score = tables.scorecard(ref, summary, params["dataset"], backbone, epochs)
+    scorecard_md = tables.write_all(score, t / "scorecard", caption="Reproduction scorecard: published numbers beside the measured ones")
+    provenance = {m: get_method(m).provenance for m in paths.methods(params)}
+    methods_md = tables.write_all(tables.methods_table(runs_cfg, {m: recipe(params, m) for m in runs_cfg}, provenance), t / "methods",
+                                  caption="Each method's pretraining recipe and assumptions")
+    efficiency = label_efficiency(runs, params)
+    write_text(t / "label_efficiency.csv", efficiency.to_csv(index=False))
+    write_json(out / "metrics.json", dvc_metrics(summary, cols))
+
+    # figures
+    histories = {m: [pd.read_csv(paths.run_files(params, m, s)[1]) for s in params["seeds"]] for m in paths.methods(params)}
+    training_curves_figure(histories, f / "training_curves.png")
+    online_knn_figure(histories, f / "online_knn.png")
+    prototype_usage_figure(histories, f / "prototype_usage.png")
+    label_efficiency_figure(efficiency, f / "label_efficiency.png")
+    classes = load_meta(paths.prepared_dir(params, params["dataset"]))["classes"]
+    feats = {}
+    for m in paths.evaluated_methods(params):
+        with np.load(paths.features_file(params, m, seed0)) as z:
+            feats[m] = (z["test_features"], z["test_labels"])
+    embedding_figure(feats, f / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=seed0, classes=classes)
+    confusion = {m: read_json(paths.metrics_file(params, m, seed0, "cluster"))["metrics"]["kmeans"].get("confusion") for m in paths.evaluated_methods(params)}
+    confusion_figure({m: c for m, c in confusion.items() if c is not None}, classes, f / "confusion.png")
+
+    counts = ", ".join(f"{n} {v}" for v, n in score["verdict"].value_counts().items())
+    figures_md = "\n".join(f"**{title}** — {text}\n\n![{title}](figures/{name})\n" for name, (title, text) in FIGURES.items())
+    files_md = "\n".join(f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in paths.report_files(params) if p.parent != out)
+    walltime = wall_times(params)
+    walltime_md = tables.to_markdown(walltime) if len(walltime) else "_no benchmark files: this run was not made by Snakemake._\n"
+    machine_text, versions_text = machine(), versions()
     protocols = {e: read_json(paths.metrics_file(params, paths.RAW_PIXELS, seed0, e)) for e in paths.EVALS}
     semisup_text = ", ".join(f"{100 * f:g} % labels" for f in params["eval"]["semisup"]["fractions"])
     transfer_text = ", ".join(f"{params['dataset']} -> {t}" for t in params["eval"]["transfer"]["datasets"]) or "none"
@@ -241,8 +323,10 @@ Frozen-encoder evaluations on the {params['dataset']} test set ({protocols['line
   another dataset's train/test splits, its images resized to the pretraining images' shape.
 - n is the number of seeds per cell; with more than one, cells show mean ± standard deviation.
 
-Pretraining runs:
-{setup}
+Pretraining runs (backbone `{backbone['name']}` layers {backbone['layers']}, channels {backbone['channels']}, stem
+`{backbone['stem']}`, trained from scratch by every method for {epochs} epochs): [methods table](tables/methods.md)
+
+{methods_md}
 
 ## Main table
 
@@ -250,19 +334,33 @@ Pretraining runs:
 ## Seeds: intervals and paired differences
 
 {intervals_md}
+## Reproduction scorecard
+
+Every row of `{reference.name}`, compared with the measured value where method, dataset, backbone,
+protocol and budget match, otherwise marked not comparable with the reasons:
+{counts}. [CSV](tables/scorecard.csv) · [LaTeX](tables/scorecard.tex)
+
+{scorecard_md}
 ## Figures
 
-![training curves](figures/training_curves.png)
+{figures_md}
+## Files
 
-![embeddings](figures/embeddings.png)
+{files_md}
 
-## What each method follows, and what is assumed
+## Run record
 
-{notes}
+- Machine: {machine_text}
+- Packages: {versions_text}
+- Wall time per stage (Snakemake's benchmark files, seconds; DVC writes none):
 
-## Published numbers (for context; other datasets, backbones and budgets)
+{walltime_md}
+<details><summary>Params of this run (the merged config every job read)</summary>
 
-{reference_table(reference, params['dataset'])}
+```yaml
+{yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=100).strip()}
+```
+</details>
 """
     write_text(out / "index.md", index)
     return out

@@ -12,6 +12,18 @@ import numpy as np  # noqa: E402
 from ..io import atomic_path  # noqa: E402
 
 
+#: one colour per report row, the same in every figure (tab10 for the methods, greys for the baselines)
+def method_colours() -> dict:
+    from ..paths import ALL_METHODS, RAW_PIXELS, SCRATCH
+
+    cmap = plt.get_cmap("tab10")
+    return {**{m: cmap(i) for i, m in enumerate(ALL_METHODS)}, RAW_PIXELS: "0.45", SCRATCH: "0.0"}
+
+
+COLOURS = method_colours()
+TERM_STYLES = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
+
+
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -19,18 +31,131 @@ def _save(fig, path: Path) -> None:
 
 
 def training_curves_figure(histories: dict, path: Path) -> None:
-    """Loss and each of its terms per epoch, one panel per method (all seeds overlaid)."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.4), squeeze=False)
+    """The loss and each of its terms per epoch, one panel per method in its colour (the total
+    solid, each term in its own line style; all seeds overlaid)."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(4.2 * len(histories), 3.4), squeeze=False)
     for ax, (method, runs) in zip(axes[0], histories.items()):
         for s, h in enumerate(runs):
-            terms = [c for c in h.columns if c not in ("epoch", "lr", "seconds", "images_per_s")]
-            for t in terms:
-                ax.plot(h["epoch"], h[t], marker="o", ms=3, label=t if s == 0 else None, alpha=0.9)
-        ax.set_title(method)
+            terms = ["loss", *(c for c in h.columns if c not in LOG_COLUMNS and c != "loss")]
+            for t, style in zip(terms, TERM_STYLES):
+                ax.plot(h["epoch"], h[t], ls=style, color=COLOURS[method], marker="o" if t == "loss" else None, ms=3,
+                        label=("total loss" if t == "loss" else t) if s == 0 else None)
+        ax.set_title(method, color=COLOURS[method])
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("loss (per epoch mean)")
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+#: history.csv columns that are not loss terms
+LOG_COLUMNS = {"epoch", "lr", "seconds", "images_per_s", "online_knn20_top1", "prototypes", "prototypes_used", "prototype_entropy"}
+
+
+def _per_epoch(ax, histories: dict, column: str, transform=lambda h, v: v) -> bool:
+    drawn = False
+    for method, runs in histories.items():
+        for s, h in enumerate(runs):
+            if column in h:
+                ax.plot(h["epoch"], transform(h, h[column]), color=COLOURS[method], marker="o", ms=3, label=method if s == 0 else None)
+                drawn = True
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    return drawn
+
+
+def _nothing(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def online_knn_figure(histories: dict, path: Path) -> None:
+    """The online k-NN monitor (k = 20 on a fixed train subset) per epoch, one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    if _per_epoch(ax, histories, "online_knn20_top1"):
+        ax.set_ylabel("online k-NN (k=20) top-1 %")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        _nothing(ax, "no run logged the online k-NN monitor")
+    ax.set_title("online k-NN monitor during pretraining (fixed train subset)")
+    _save(fig, path)
+
+
+def prototype_usage_figure(histories: dict, path: Path) -> None:
+    """Per epoch, for the methods with prototypes (CARL, SwAV, CoKe): the share of prototypes
+    used by at least one sample, and the entropy of their use over log K (1: even use)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    share = lambda h, v: 100 * v / h["prototypes"]
+    with_protos = {m: r for m, r in histories.items() if any("prototypes_used" in h for h in r)}
+    if _per_epoch(axes[0], with_protos, "prototypes_used", share):
+        _per_epoch(axes[1], with_protos, "prototype_entropy")
+        k = {m: int(r[0]["prototypes"].iloc[0]) for m, r in with_protos.items()}
+        for line in axes[0].get_lines():
+            if line.get_label() in k:
+                line.set_label(f"{line.get_label()} (K = {k[line.get_label()]})")
+        axes[0].set_ylabel("prototypes used (% of K)")
+        axes[0].set_ylim(0, 105)
+        axes[1].set_ylabel("entropy of use / log K")
+        axes[1].set_ylim(0, 1.05)
+        axes[0].legend(fontsize=8, loc="lower right")
+    else:
+        for ax in axes:
+            _nothing(ax, "no method with prototypes in this run")
+    fig.suptitle("prototype use during pretraining (argmax assignment of each training sample)")
+    _save(fig, path)
+
+
+def label_efficiency_figure(table, path: Path) -> None:
+    """Test top-1 against the share of labels (log scale): fine-tuning at each semi-supervised
+    fraction, the frozen linear probe at 100 %; error bars are 95 % t intervals over seeds."""
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, g in table.groupby("method", sort=False):
+        for protocol, marker, style in (("fine-tune", "o", "-"), ("frozen linear probe", "s", "none")):
+            p = g[g["protocol"] == protocol]
+            if p.empty:
+                continue
+            err = None
+            if p["low"].notna().any():
+                err = [(p["mean"] - p["low"]).fillna(0).values, (p["high"] - p["mean"]).fillna(0).values]
+            ax.errorbar(p["labels_percent"], p["mean"], yerr=err, color=COLOURS[method], marker=marker, ls=style, capsize=3,
+                        label=method if protocol == "fine-tune" or g["protocol"].nunique() == 1 else None)
+    ax.set_xscale("log")
+    ticks = sorted(pd.unique(table["labels_percent"]))
+    ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
+    ax.set_xlabel("labelled training images (circles: fine-tuned; squares at 100 %: frozen linear probe)")
+    ax.set_ylabel("test top-1 %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def confusion_figure(matrices: dict, classes: list[str], path: Path) -> None:
+    """Per method, the k-means clusters' confusion matrix after Hungarian matching, rows
+    normalised (true class -> the class its cluster was matched to); the title gives ACC."""
+    n = len(matrices)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        _nothing(ax, "no cluster metrics with a confusion matrix")
+        return _save(fig, path)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for i, (ax, (method, m)) in enumerate(zip(axes.flat, matrices.items())):
+        m = np.asarray(m, dtype=float)[:, : len(classes)]
+        acc = np.trace(m) / max(m.sum(), 1)
+        im = ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"{method}: ACC {acc:.3f}", color=COLOURS.get(method, "k"), fontsize=10)
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, classes if i // cols == rows - 1 or i + cols >= n else [], rotation=90, fontsize=7)
+        ax.set_yticks(ticks, classes if i % cols == 0 else [], fontsize=7)
+    fig.supxlabel("matched cluster (named by its class)")
+    fig.supylabel("true class")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="share of the true class")
     _save(fig, path)
 
 
@@ -54,7 +179,7 @@ def embedding_figure(features: dict, path: Path, kind: str, samples: int, seed: 
         idx = np.random.default_rng(seed).permutation(len(y))[:samples]
         e = embed_2d(x[idx].astype(np.float32), kind, seed)
         ax.scatter(e[:, 0], e[:, 1], c=y[idx], cmap="tab10", s=3, vmin=0, vmax=9)
-        ax.set_title(method)
+        ax.set_title(method, color=COLOURS.get(method, "k"))
         ax.set_xticks([])
         ax.set_yticks([])
     cmap = plt.get_cmap("tab10")

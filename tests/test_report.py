@@ -1,0 +1,84 @@
+"""The report's tables: the reproduction scorecard keeps every published row and compares only
+like with like; LaTeX cells are escaped; every report file has a caption for the HTML report."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from clusterssl import paths
+from clusterssl.report import FIGURES, tables
+from conftest import ROOT
+
+FULL = {"name": "resnet18", "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512], "stem": "cifar"}
+SMALL = {"name": "resnet18", "layers": [1, 1, 1, 1], "channels": [16, 32, 64, 256], "stem": "small"}
+
+
+def _summary(**rows):
+    out = []
+    for method, values in rows.items():
+        out.append({"method": method, "seeds": 3, **{f"{k}_mean": v for k, v in values.items()}})
+    return pd.DataFrame(out)
+
+
+def _ref(*rows):
+    cols = ["method", "dataset", "backbone", "protocol", "metric", "value", "source", "status"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows])
+
+
+def test_scorecard_compares_only_rows_that_match_in_everything():
+    ref = _ref(
+        ("SimCLR", "fashion_mnist", "resnet18", "linear", "top1", 90.0, "a paper (10 ep)", "verified"),
+        ("SimCLR", "fashion_mnist", "resnet18", "linear", "top1", 91.0, "a README (1000 ep)", "verified"),
+        ("SimCLR", "cifar10", "resnet34", "linear-online", "top1", 92.0, "x", "verified"),
+        ("CC", "fashion_mnist", "resnet18", "clustering", "nmi", 0.6, "y", "secondary"),
+        ("BYOL", "fashion_mnist", "resnet18", "linear", "top1", 88.0, "z", "verified"),
+        ("DEC", "fashion_mnist", "mlp-ae", "clustering", "acc", 0.5, "w", "verified"),
+        ("CARL", "*", "*", "*", "*", None, "its paper", "missing"),
+        ("kmeans-raw-pixels", "fashion_mnist", "none", "clustering", "acc", 0.47, "v", "verified"),
+    )
+    summary = _summary(simclr={"linear_top1": 88.5, "kmeans_acc": 0.6}, cc={"linear_top1": 85.0, "head_acc": 0.6, "head_nmi": 0.62, "kmeans_nmi": 0.5},
+                       raw_pixels={"linear_top1": 84.0, "kmeans_acc": 0.53})
+    card = tables.scorecard(ref, summary, "fashion_mnist", FULL, epochs=10)
+    assert len(card) == len(ref) and list(card["method"]) == list(ref["method"])  # no row dropped, order kept
+    by = card.to_dict("records")
+    assert by[0]["verdict"] == "compared" and by[0]["measured"] == 88.5 and by[0]["difference"] == pytest.approx(-1.5) and by[0]["n"] == 3
+    assert by[1]["verdict"] == "not comparable" and "1000 epochs vs 10" in by[1]["reason"]
+    assert all(p in by[2]["reason"] for p in ("CIFAR-10 vs Fashion-MNIST", "backbone resnet34 vs resnet18", "online linear head"))
+    assert by[3]["verdict"] == "compared" and by[3]["measured"] == 0.62  # CC's published clustering is its head's
+    assert by[4]["verdict"] == "not comparable" and by[4]["reason"] == "byol is not in this run's methods"
+    assert "DEC is not implemented here" in by[5]["reason"]
+    assert by[6]["verdict"] == "published value not available" and pd.isna(by[6]["measured"]) and pd.isna(by[6]["published"])
+    assert by[7]["verdict"] == "compared" and by[7]["measured"] == 0.53  # raw pixels: k-means, no backbone
+    # a quarter-width network is not the published resnet18
+    small = tables.scorecard(ref, summary, "fashion_mnist", SMALL, epochs=10)
+    assert small.loc[0, "verdict"] == "not comparable" and "channels [16, 32, 64, 256]" in small.loc[0, "reason"]
+
+
+def test_scorecard_marks_every_published_row():
+    ref = pd.read_csv(ROOT / "reference/reported_numbers.csv")
+    summary = _summary(raw_pixels={"linear_top1": 84.0, "kmeans_acc": 0.53, "kmeans_nmi": 0.6}, carl={"linear_top1": 87.0}, simclr={"linear_top1": 88.0})
+    card = tables.scorecard(ref, summary, "fashion_mnist", SMALL, epochs=10)
+    assert len(card) == len(ref)
+    assert set(card["verdict"]) <= {"compared", "not comparable", "published value not available"}
+    assert card.loc[card["verdict"] != "compared", "reason"].str.len().gt(0).all()
+    carl = card[card["method"] == "CARL"]
+    assert (carl["verdict"] == "published value not available").all() and carl["measured"].isna().all()
+    assert card.loc[card["verdict"] == "compared", "difference"].notna().all()
+
+
+def test_latex_cells_are_escaped_and_tables_written_three_ways(tmp_path):
+    assert tables.latex_escape("a_b & 50 % ± {x}") == r"a\_b \& 50 \% $\pm$ \{x\}"
+    df = pd.DataFrame({"method": ["simclr"], "linear top-1 %": ["88.00 ± 0.10"]})
+    md = tables.write_all(df, tmp_path / "t", caption="a caption")
+    assert md == (tmp_path / "t.md").read_text() and "| simclr | 88.00 ± 0.10 |" in md
+    tex = (tmp_path / "t.tex").read_text()
+    assert r"linear top-1 \%" in tex and r"88.00 $\pm$ 0.10 \\" in tex and r"\caption{a caption}" in tex
+    assert pd.read_csv(tmp_path / "t.csv").equals(df)
+
+
+def test_every_report_table_and_figure_has_a_caption():
+    files = paths.report_files({"paths": {"results": "r"}})
+    for f in files:
+        if f.suffix in (".csv", ".png"):
+            assert (ROOT / "workflow/report" / f"{f.stem}.rst").read_text().strip(), f
+    assert {f.stem for f in files if f.suffix == ".png"} == {n.removesuffix(".png") for n in FIGURES}  # index.md reads each
