@@ -189,6 +189,25 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
 
 
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_snakemake_html_report_holds_every_table_and_figure_with_its_caption(tiny_local_run):
+    workdir = tiny_local_run
+    html = workdir / "results" / "report.html"
+    snakemake(workdir, workdir / "params.yaml", *TINY_OVERRIDE, "--report", str(html))
+    text = html.read_text()
+    params = yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())
+    items = [f for f in report_files(params) if f.suffix in (".csv", ".png")]
+    assert sum(f.suffix == ".png" for f in items) == 6 and sum(f.suffix == ".csv" for f in items) == 7
+    for f in items:
+        # each file is embedded as an entry keyed by its path, with its caption rendered from the .rst
+        entry = text.find(f'"{f}": {{"name": "{f.name}"')
+        assert entry >= 0, f"{f.name} is not in the HTML report"
+        first_line = (ROOT / "workflow/report" / f"{f.stem}.rst").read_text().splitlines()[0]
+        words = first_line.encode("ascii", "ignore").decode()[:60]  # JSON may escape what is not ASCII
+        assert f'"caption": "<p>{words}' in text[entry : entry + 4000], f"{f.name}: caption not found"
+
+
 def _pretrain_process(snakemake_proc: subprocess.Popen, resume: Path, epoch: int):
     """The `clusterssl pretrain` job under a running Snakemake, once its resume.pt holds `epoch`."""
     import psutil

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 
@@ -60,6 +61,7 @@ def _per_epoch(ax, histories: dict, column: str, transform=lambda h, v: v) -> bo
                 ax.plot(h["epoch"], transform(h, h[column]), color=COLOURS[method], marker="o", ms=3, label=method if s == 0 else None)
                 drawn = True
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return drawn
 
@@ -75,7 +77,7 @@ def online_knn_figure(histories: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     if _per_epoch(ax, histories, "online_knn20_top1"):
         ax.set_ylabel("online k-NN (k=20) top-1 %")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
         _nothing(ax, "no run logged the online k-NN monitor")
     ax.set_title("online k-NN monitor during pretraining (fixed train subset)")
@@ -98,7 +100,7 @@ def prototype_usage_figure(histories: dict, path: Path) -> None:
         axes[0].set_ylim(0, 105)
         axes[1].set_ylabel("entropy of use / log K")
         axes[1].set_ylim(0, 1.05)
-        axes[0].legend(fontsize=8, loc="lower right")
+        axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
         for ax in axes:
             _nothing(ax, "no method with prototypes in this run")
@@ -122,13 +124,17 @@ def label_efficiency_figure(table, path: Path) -> None:
                 err = [(p["mean"] - p["low"]).fillna(0).values, (p["high"] - p["mean"]).fillna(0).values]
             ax.errorbar(p["labels_percent"], p["mean"], yerr=err, color=COLOURS[method], marker=marker, ls=style, capsize=3,
                         label=method if protocol == "fine-tune" or g["protocol"].nunique() == 1 else None)
+    # t intervals over two or three seeds can be wide: the axes follow the means, longer bars are cut
+    low, high = table["mean"].min(), table["mean"].max()
+    pad = max(2.0, 0.15 * (high - low))
+    ax.set_ylim(max(0, low - pad), min(100, high + pad))
     ax.set_xscale("log")
     ticks = sorted(pd.unique(table["labels_percent"]))
     ax.set_xticks(ticks, [f"{t:g} %" for t in ticks])
     ax.set_xlabel("labelled training images (circles: fine-tuned; squares at 100 %: frozen linear probe)")
     ax.set_ylabel("test top-1 %")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 
 
@@ -142,7 +148,7 @@ def confusion_figure(matrices: dict, classes: list[str], path: Path) -> None:
         return _save(fig, path)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 3.3 * rows + 0.6), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     for i, (ax, (method, m)) in enumerate(zip(axes.flat, matrices.items())):
@@ -155,7 +161,7 @@ def confusion_figure(matrices: dict, classes: list[str], path: Path) -> None:
         ax.set_yticks(ticks, classes if i % cols == 0 else [], fontsize=7)
     fig.supxlabel("matched cluster (named by its class)")
     fig.supylabel("true class")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="share of the true class")
+    fig.colorbar(im, ax=axes, shrink=0.8 if rows > 1 else 1.0, label="share of the true class")
     _save(fig, path)
 
 
