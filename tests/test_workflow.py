@@ -149,7 +149,10 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
     assert set(table.index[table["head_nmi_mean"].notna()]) == with_head
     assert (table.loc[["cc", "cadc", "coke"], "head_clusters_mean"] <= 10).all()
     index = (tmp_path / "results/report/index.md").read_text()
-    assert "CueCo-style" in index and all(f"**{m}**" in index for m in ALL_METHODS)
+    assert "CueCo-style" in index and all(f"| {m} | 1 |" in index for m in ALL_METHODS)  # the methods table: a row each
+    # prototype use is logged for the methods with prototypes, and only for them
+    logged = {m for m in ALL_METHODS if "prototypes_used" in pd.read_csv(tmp_path / f"results/runs/digits/{m}/seed0/history.csv")}
+    assert logged == {"carl", "swav", "coke"}
 
 
 @pytest.mark.e2e
