@@ -241,16 +241,17 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
 
     encode_train_set = lambda: encode(model.backbone, images)
     bank, query = monitor_split(len(images))
-    train_labels = torch.from_numpy(train.labels)
+    monitor_images = images[torch.from_numpy(np.concatenate([bank, query])).to(device)]  # drawn once, encoded each epoch
+    bank_labels, query_labels = torch.from_numpy(train.labels[bank]), torch.from_numpy(train.labels[query])
 
     def online_knn() -> float:
         """The monitor: k-NN (k = 20) top-1 of the evaluation encoder on a fixed subset of the
         train split (labels only score it; the test split is never read)."""
         from .evaluate.protocols import knn_predict
 
-        f = encode(model.eval_encoder(), images[torch.from_numpy(np.concatenate([bank, query])).to(device)]).float().cpu()
-        pred = knn_predict(f[: len(bank)], train_labels[bank], f[len(bank):], k=20, temperature=0.1)
-        return round(100 * float((torch.from_numpy(pred) == train_labels[query]).float().mean()), 2)
+        f = encode(model.eval_encoder(), monitor_images).float().cpu()
+        pred = knn_predict(f[: len(bank)], bank_labels, f[len(bank):], k=20, temperature=0.1)
+        return round(100 * float((torch.from_numpy(pred) == query_labels).float().mean()), 2)
 
     def resume_state(**extra) -> dict:
         return {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),

@@ -109,10 +109,6 @@ def main_cells(summary: pd.DataFrame, cols: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(summary: pd.DataFrame, cols: list[tuple]) -> str:
-    return tables.to_markdown(main_cells(summary, cols))
-
-
 def intervals(runs: pd.DataFrame, cols: list[tuple], confidence: float = 0.95) -> pd.DataFrame:
     """Per method and metric: n, mean, std and the Student-t interval of the mean over seeds."""
     out = []
