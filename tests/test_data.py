@@ -235,8 +235,8 @@ def test_prepare_failure_leaves_no_output(tmp_path, fake_fmnist):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(UserError, match="digits"):
-        data.fetch("cifar10", tmp_path / "raw")
+    with pytest.raises(UserError, match="unknown dataset 'cifar7'; choose one of: cifar10, .*digits"):
+        data.fetch("cifar7", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 

@@ -136,3 +136,22 @@ def test_finetuning_bf16_autocast_path_on_the_available_device(tiny_backbone):
     mean, std = torch.tensor([0.4], device=device), torch.tensor([0.3], device=device)
     res = select_and_finetune(tiny_backbone().to(device), xtr, ytr, xtr, ytr, 3, mean, std, dict(SEMISUP_CFG, lr=[0.05]), 0, True, 64)
     assert res["train_top1"] > 0.8, res
+
+
+@pytest.mark.parametrize("split, n", [("test", 30), ("train", 60), ("train+test", 90)])
+def test_clustering_fits_and_scores_the_split_the_protocol_names(split, n):
+    from clusterssl.evaluate.run import _cluster
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 5)) * 10
+
+    def part(m):
+        y = np.arange(m) % 3
+        return (centres[y] + rng.normal(size=(m, 5))).astype(np.float32), y, (y + 1) % 3
+
+    f = {}
+    for p, m in (("train", 60), ("test", 30)):
+        f[f"{p}_features"], f[f"{p}_labels"], f[f"{p}_head_clusters"] = part(m)
+    result = _cluster(f, {"cluster": {"n_init": 2, "split": split}}, seed=0)
+    assert sum(map(sum, result["kmeans"]["confusion"])) == n  # every sample of the split, no other
+    assert result["kmeans"]["acc"] == 1.0 and result["head"]["acc"] == 1.0

@@ -83,9 +83,9 @@ def read_json(path: str | os.PathLike):
         raise UserError(f"{path}: not valid JSON ({exc}); delete it and run the stage that produces it again") from None
 
 
-def stream_sha256(f) -> str:
-    """SHA-256 of what a binary file object yields, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def stream_sha256(f, algorithm=hashlib.sha256) -> str:
+    """SHA-256 (or `algorithm`) of what a binary file object yields, read in 1 MiB chunks."""
+    h = algorithm()
     for chunk in iter(lambda: f.read(1 << 20), b""):
         h.update(chunk)
     return h.hexdigest()

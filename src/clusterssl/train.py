@@ -158,6 +158,18 @@ def monitor_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[q : q + MONITOR_BANK]), np.sort(order[:q])
 
 
+def extra_pretrain_splits(params: dict, prepared: Path, meta: dict) -> list:
+    """The prepared splits `data.extra_pretrain_splits` adds to train for pretraining (STL-10's
+    unlabeled images); their labels are never read."""
+    names = params["data"]["extra_pretrain_splits"]
+    have = meta.get("splits", {"train": 0, "test": 0})
+    for name in names:
+        if name not in have or name in ("train", "test"):
+            raise UserError(f"data.extra_pretrain_splits: '{name}' is not an extra split of {params['dataset']} "
+                            f"(it has: {', '.join(sorted(set(have) - {'train', 'test'})) or 'none'}); remove it from the list")
+    return [load_prepared(prepared, name) for name in names]
+
+
 def pretrain(params: dict, method_name: str, seed: int, threads: int | None = None, progress: bool = True) -> Path:
     cfg = pretrain_config(params, method_name)
     tcfg = cfg["pretrain"]
@@ -170,7 +182,10 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     prepared = paths.prepared_dir(params, params["dataset"])
     meta = load_meta(prepared)
     train = load_prepared(prepared, "train", params["data"]["max_train"])
-    images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous().to(device)  # uint8 NCHW
+    pool = np.concatenate([train.images, *(s.images for s in extra_pretrain_splits(params, prepared, meta))])
+    # uint8 NCHW; labelled train images first, so the monitor's indices below are theirs
+    images = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
+    del pool
     in_chans, num_classes = images.shape[1], len(meta["classes"])
     mean = images.float().mean(dim=(0, 2, 3)) / 255
     std = images.float().std(dim=(0, 2, 3)) / 255
@@ -240,7 +255,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         return feats
 
     encode_train_set = lambda: encode(model.backbone, images)
-    bank, query = monitor_split(len(images))
+    bank, query = monitor_split(len(train))
     monitor_images = images[torch.from_numpy(np.concatenate([bank, query])).to(device)]  # drawn once, encoded each epoch
     bank_labels, query_labels = torch.from_numpy(train.labels[bank]), torch.from_numpy(train.labels[query])
 

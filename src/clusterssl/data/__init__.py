@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from ..io import UserError, atomic_dir, file_sha256, read_json, write_json
-from . import digits, fashion_mnist
+from . import cifar, digits, fashion_mnist, stl10
 
-SOURCES = {"fashion_mnist": fashion_mnist, "digits": digits}
+# each source: fetch(raw_dir), load_raw(raw_dir) -> (train, test), and CLASSES or
+# read_classes(raw_dir); optionally load_extra(raw_dir) -> {split: (images, labels)}
+SOURCES = {
+    "fashion_mnist": fashion_mnist,
+    "digits": digits,
+    "cifar10": cifar.CIFAR10,
+    "cifar100": cifar.CIFAR100,
+    "cifar100_20": cifar.CIFAR100_20,
+    "stl10": stl10,
+}
 
 
 def get_source(name: str):
@@ -34,16 +43,20 @@ def prepare(name: str, raw_dir: Path, out_dir: Path) -> Path:
     source = get_source(name)
     if not raw_dir.exists():
         raise UserError(f"{raw_dir}: raw data not found; run `clusterssl data fetch {name}` first")
+    classes = source.read_classes(raw_dir) if hasattr(source, "read_classes") else source.CLASSES
+    extra = source.load_extra(raw_dir) if hasattr(source, "load_extra") else {}
     with atomic_dir(out_dir) as tmp:
-        write_prepared(tmp, name, source.CLASSES, *source.load_raw(raw_dir))
+        write_prepared(tmp, name, classes, *source.load_raw(raw_dir), extra=extra)
     return out_dir
 
 
-def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple, **meta) -> None:
-    """Write the prepared format into the (existing, temporary) folder `out_dir`; `meta` adds
-    entries to meta.json (the tuning proxy records how it was drawn)."""
+def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple, extra: dict | None = None, **meta) -> None:
+    """Write the prepared format into the (existing, temporary) folder `out_dir`; `extra` adds
+    splits beyond train and test (STL-10's unlabeled); `meta` adds entries to meta.json (the
+    tuning proxy records how it was drawn)."""
     (xtr, ytr), (xte, yte) = train, test
-    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+    splits = {"train": train, "test": test, **(extra or {})}
+    for split, (x, y) in splits.items():
         assert x.dtype == np.uint8 and x.ndim == 4, (x.dtype, x.shape)
         np.savez(out_dir / f"{split}.npz", images=x, labels=y.astype(np.int64))
     write_json(
@@ -54,8 +67,9 @@ def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple,
             "image_shape": list(xtr.shape[1:]),
             "num_train": int(len(xtr)),
             "num_test": int(len(xte)),
+            "splits": {split: int(len(y)) for split, (_, y) in splits.items()},
             # load_prepared checks these: a file changed or damaged since is refused
-            "sha256": {f"{split}.npz": file_sha256(out_dir / f"{split}.npz") for split in ("train", "test")},
+            "sha256": {f"{split}.npz": file_sha256(out_dir / f"{split}.npz") for split in splits},
             **meta,
         },
     )

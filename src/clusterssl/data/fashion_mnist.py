@@ -1,29 +1,23 @@
 """Fashion-MNIST (Xiao et al. 2017): 70k 28x28 grey images of 10 clothing classes.
 
-Where the raw IDX archives come from, first hit wins:
-1. `$CLUSTERSSL_DATA_MIRROR` — a directory (or http(s) URL) holding the four `.gz` files,
-   directly or under `fashion_mnist/`;
-2. `/usr/share/datasets/fashion-mnist` — Debian's `dataset-fashion-mnist` package;
-3. the official download location used by torchvision.
+Where the raw IDX archives come from (download.py): a mirror, then
+`/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist` package), then the official
+download location used by torchvision (`$CLUSTERSSL_FASHION_MNIST_URL` replaces it).
 
 The SHA-256 is checked on the *decompressed* IDX bytes, so a re-compressed copy (Debian
 re-gzips the files) verifies as long as its content is the original data."""
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..io import UserError, stream_sha256
+from . import download
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-MIRROR_ENV = "CLUSTERSSL_DATA_MIRROR"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the decompressed IDX files (measured on Debian's dataset-fashion-mnist 0.0~git20200523)
@@ -53,48 +47,11 @@ def verify(path: Path, expected: str, shown_as: str | None = None) -> None:
         )
 
 
-def _candidates() -> list[str]:
-    """Locations to try, in order; each is a directory path or an http(s) base URL."""
-    out = []
-    mirror = os.environ.get(MIRROR_ENV)
-    if mirror:
-        if mirror.startswith(("http://", "https://")):
-            out += [mirror.rstrip("/") + "/fashion_mnist/", mirror.rstrip("/") + "/"]
-        else:
-            out += [str(Path(mirror) / "fashion_mnist"), mirror]
-    out.append(str(DEBIAN_DIR))
-    out.append(os.environ.get("CLUSTERSSL_FASHION_MNIST_URL", OFFICIAL_URL).rstrip("/") + "/")
-    return out
-
-
-def _get(location: str, name: str, dest: Path) -> bool:
-    """Copy or download `name` from `location` into `dest`; False if it is not there."""
-    if location.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(location + name, timeout=30) as r, open(dest, "wb") as f:
-                shutil.copyfileobj(r, f)
-            return True
-        except (urllib.error.URLError, OSError, TimeoutError):
-            return False
-    src = Path(location) / name
-    if src.is_file():
-        shutil.copyfile(src, dest)
-        return True
-    return False
-
-
 def fetch(out_dir: Path) -> None:
-    tried = _candidates()
-    for name, sha in FILES.items():
-        dest = out_dir / name
-        origin = next((loc for loc in tried if _get(loc, name, dest)), None)
-        if origin is None:
-            raise UserError(
-                f"Fashion-MNIST file {name} not found in any of: {', '.join(tried)}. Offline? "
-                f"Install Debian's package (`apt-get install -y dataset-fashion-mnist`, it puts the files in "
-                f"{DEBIAN_DIR}) or set {MIRROR_ENV} to a directory holding the four .gz files."
-            )
-        verify(dest, sha, shown_as=origin + name if origin.endswith("/") else str(Path(origin) / name))
+    download.fetch_files(
+        "fashion_mnist", FILES, OFFICIAL_URL, out_dir, verify, local_dirs=[DEBIAN_DIR],
+        hint=f"Install Debian's package (`apt-get install -y dataset-fashion-mnist`, it puts the files in {DEBIAN_DIR}). ",
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:

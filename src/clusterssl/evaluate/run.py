@@ -28,10 +28,17 @@ def _knn(f: dict, cfg: dict, seed: int) -> dict:
 
 
 def _cluster(f: dict, cfg: dict, seed: int) -> dict:
+    """k-means (and a clustering head's own assignments) scored on `eval.cluster.split`: the
+    test split, or train+test as Contrastive Clustering reports CIFAR/STL, or train as CoKe does."""
+    split = cfg["cluster"]["split"]
+    parts = {"test": ["test"], "train": ["train"], "train+test": ["train", "test"]}[split]
+    take = lambda key: np.concatenate([f[f"{p}_{key}"] for p in parts])
     n_classes = int(np.unique(f["train_labels"]).size)
-    result = {"kmeans": kmeans_clustering(f["test_features"], f["test_labels"], n_classes, cfg["cluster"]["n_init"], seed)}
+    labels = take("labels")
+    result = {"kmeans": kmeans_clustering(take("features"), labels, n_classes, cfg["cluster"]["n_init"], seed)}
     if "test_head_clusters" in f:
-        result["head"] = {**clustering_scores(f["test_labels"], f["test_head_clusters"]), "clusters_used": int(np.unique(f["test_head_clusters"]).size)}
+        clusters = take("head_clusters")
+        result["head"] = {**clustering_scores(labels, clusters), "clusters_used": int(np.unique(clusters).size)}
     return result
 
 
