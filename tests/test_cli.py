@@ -63,7 +63,7 @@ def _as_digits(p):
 
 INVALID = {
     "unknown_method": (_set(["methods"], ["carl", "nosuch"]), "methods"),
-    "unknown_dataset": (_set(["dataset"], "cifar10"), "dataset"),
+    "unknown_dataset": (_set(["dataset"], "cifar7"), "dataset"),
     "wrong_type": (_set(["pretrain", "epochs"], "ten"), "pretrain.epochs"),
     "out_of_range": (_set(["augment", "flip"], 1.5), "augment.flip"),
     "bad_enum_nested": (_set(["method_params", "carl", "target"], "nope"), "method_params.carl.target"),
@@ -72,7 +72,7 @@ INVALID = {
     "extra_key": (_set(["pretrain", "epochz"], 3), "pretrain.epochz"),
     "extra_top_level_key": (_set(["learning_rate"], 0.1), "learning_rate"),
     "transfer_to_the_pretraining_dataset": (_set(["eval", "transfer", "datasets"], ["fashion_mnist"]), "eval.transfer.datasets"),
-    "unknown_transfer_dataset": (_set(["eval", "transfer", "datasets"], ["cifar10"]), "eval.transfer.datasets.0"),
+    "unknown_transfer_dataset": (_set(["eval", "transfer", "datasets"], ["cifar7"]), "eval.transfer.datasets.0"),
     "semisup_fraction_of_one": (_set(["eval", "semisup", "fractions"], [0.01, 1.0]), "eval.semisup.fractions.1"),
     "semisup_no_fractions": (_set(["eval", "semisup", "fractions"], []), "eval.semisup.fractions"),
     "semisup_crop_scale_reversed": (_set(["eval", "semisup", "crop_scale"], [0.9, 0.5]), "eval.semisup.crop_scale"),

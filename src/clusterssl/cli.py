@@ -42,6 +42,7 @@ def cmd_split(args):
 
 
 def cmd_pretrain(args):
+    from . import distributed
     from .methods.base import get_method
     from .train import pretrain
 
@@ -49,7 +50,29 @@ def cmd_pretrain(args):
     get_method(args.method)
     if args.method not in p["method_params"]:
         raise UserError(f"{args.params}: no 'method_params.{args.method}' section")
-    print(pretrain(p, args.method, args.seed, threads=args.threads, progress=not args.no_progress))
+    processes = p["pretrain"]["processes"]
+    if processes > 1 and not distributed.launched_by_torchrun():
+        # the same command again, once per process, under torchrun (one node; a cluster job
+        # asks the scheduler for that many GPUs on it)
+        import signal
+        import subprocess
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "clusterssl.cli", *(sys.argv[1:] if args.argv is None else args.argv)]
+        proc = subprocess.Popen(cmd)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))  # preemption reaches the processes
+        try:
+            code = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code:
+            err = UserError(f"pretraining with {processes} processes failed (torchrun exit status {code}); the processes' errors are above")
+            err.exit_status = code
+            raise err
+        return
+    out = pretrain(p, args.method, args.seed, threads=args.threads, progress=not args.no_progress)
+    if distributed.rank() == 0:
+        print(out)
 
 
 def cmd_embed(args):
@@ -164,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         args.fn(args)
     except UserError as exc:
         print(f"clusterssl: error: {exc}", file=sys.stderr)

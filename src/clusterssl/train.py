@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import paths
+from . import distributed, paths
 from .augment import AugmentConfig, make_views
 from .backbones import create_backbone
 from .config import fingerprint
@@ -175,8 +175,13 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     tcfg = cfg["pretrain"]
     if threads:
         torch.set_num_threads(threads)
-    seed_everything(seed)
+    seed_everything(seed)  # the same on every process: methods' own random draws agree
     device = pick_device(tcfg["device"])
+    device = distributed.init(device.type) or device  # under torchrun: join the group, take this process's GPU
+    world, rank = distributed.world_size(), distributed.rank()
+    if distributed.launched_by_torchrun() and world != tcfg["processes"]:
+        raise UserError(f"torchrun started {world} processes but pretrain.processes is {tcfg['processes']}; "
+                        "launch with `clusterssl pretrain` alone: it starts torchrun with the right number")
     out = paths.run_dir(params, method_name, seed)
 
     prepared = paths.prepared_dir(params, params["dataset"])
@@ -192,12 +197,20 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
 
     model = build_method(cfg, in_chans, num_classes, len(images)).to(device)
     model.check_schedule(tcfg["epochs"])
-    out.mkdir(parents=True, exist_ok=True)  # only once data and params passed: a failed start leaves nothing
-    remove_stale_temporaries(out)
+    batch = min(tcfg["batch_size"], len(images))  # the global batch, split over the processes
+    if batch % world:
+        raise UserError(f"pretrain.batch_size {batch} does not split evenly over pretrain.processes {world}; "
+                        f"make it a multiple of {world}")
+    local_batch = batch // world
+    writer = rank == 0  # one process writes the run's files
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)  # only once data and params passed: a failed start leaves nothing
+        remove_stale_temporaries(out)
+    if world > 1:
+        model = distributed.sync_batchnorm(model)
     channels_last = tcfg["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batch = min(tcfg["batch_size"], len(images))
     steps_per_epoch = len(images) // batch
     total_steps = steps_per_epoch * tcfg["epochs"]
     base_lr = tcfg["lr"] * batch / 256
@@ -205,9 +218,17 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     # bf16 autocast: "auto" uses it on CUDA only (CPUs without bf16 units run it slower than
     # fp32); "bf16" forces it anywhere, which is how the tests exercise the GPU code path on CPU
     amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
-    step_fn = torch.compile(model.training_step) if tcfg["compile"] else model.training_step
+    step_fn = model.training_step
+    if world > 1:
+        # unused parameters: SwAV's frozen prototypes, CADC's centres before its k-means; buffers
+        # (queues, CoKe's heads, BatchNorm statistics) are kept identical by the methods themselves
+        step_fn = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True, broadcast_buffers=False)
+    if tcfg["compile"]:
+        step_fn = torch.compile(step_fn)
     aug = AugmentConfig.from_params(cfg["augment"])
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 7919 * rank)  # each process augments its own images
     order_gen = torch.Generator().manual_seed(seed)
 
     # resume: an interrupted run left resume.pt; use it only if it was made by this exact config
@@ -222,14 +243,14 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 raise UserError(f"{resume_file}: made with other params than this run's")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["gen"].cpu())
+            gen.set_state((state["rank_gens"][rank] if world > 1 else state["gen"]).cpu())
             order_gen.set_state(state["order_gen"].cpu())
             torch.set_rng_state(state["torch_rng"].cpu())
             history, start_epoch = state["history"], state["epoch"]
             if "step" in state:  # saved on SIGTERM between two steps of an epoch
                 usage = state.get("usage")
                 start_step, mid_epoch = state["step"], {"perm": state["perm"].to(device), "sums": state["sums"],
-                                                        "usage": None if usage is None else usage.to(device)}
+                                                        "usage": None if usage is None else usage.to(device) if rank == 0 else torch.zeros_like(usage, device=device)}
         except (UserError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             # never trusted and never in the way of later runs: set aside for a look
             aside = resume_file.with_name("resume.pt.rejected")
@@ -269,6 +290,9 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         return round(100 * float((torch.from_numpy(pred) == query_labels).float().mean()), 2)
 
     def resume_state(**extra) -> dict:
+        """Called on every process (it gathers each one's augmentation generator); rank 0 saves it."""
+        if world > 1:
+            extra["rank_gens"] = distributed.gather_objects(gen.get_state())
         return {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
                 "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history, **extra}
 
@@ -286,10 +310,13 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
             t0 = time.time()
             bar = tqdm(range(first_step, steps_per_epoch), desc=f"{method_name} epoch {epoch + 1}/{tcfg['epochs']}", disable=not progress, mininterval=5, leave=False)
             for it in bar:
-                if sigterm.received:
-                    with atomic_path(resume_file) as tmp:
-                        usage = getattr(model, "usage_counts", None)
-                        torch.save(resume_state(epoch=epoch, step=it, perm=perm.cpu(), sums=sums, usage=None if usage is None else usage.cpu()), tmp)
+                if distributed.any_process(sigterm.received):
+                    usage = getattr(model, "usage_counts", None)
+                    usage = None if usage is None else distributed.sum_no_grad(usage).cpu()
+                    state = resume_state(epoch=epoch, step=it, perm=perm.cpu(), sums=distributed.average(sums), usage=usage)
+                    if writer:
+                        with atomic_path(resume_file) as tmp:
+                            torch.save(state, tmp)
                     raise Preempted(
                         f"{method_name}: stopped by SIGTERM at epoch {epoch + 1}, step {it}; saved {resume_file}: "
                         "run the same command again to resume from there"
@@ -298,7 +325,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 lr = lr_at(step, total_steps, tcfg["warmup_epochs"] * steps_per_epoch, base_lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                idx = perm[it * batch : (it + 1) * batch]
+                idx = perm[it * batch + rank * local_batch : it * batch + (rank + 1) * local_batch]
                 x = images[idx].float().div_(255)
                 views = make_views(x, model.view_spec, aug, gen)
                 b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
@@ -306,7 +333,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     terms = step_fn(b)
                 loss = terms["loss"]
-                if not torch.isfinite(loss):
+                if distributed.any_process(not torch.isfinite(loss)):
                     bad = [f"{k} = {float(v)}" for k, v in terms.items() if k != "loss" and not torch.isfinite(v).all()]
                     kept = f"; {resume_file} (the last epoch checkpoint) is kept" if resume_file.exists() else ""
                     raise UserError(
@@ -324,14 +351,20 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                     bar.set_postfix(loss=f"{loss.item():.3f}")
             model.on_epoch_end(epoch)
             dt = time.time() - t0  # training only: the monitor below is not in images/s
+            sums = distributed.average(sums)
             history.append({"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()}, "lr": lr, "seconds": round(dt, 2),
                             "images_per_s": round((steps_per_epoch - first_step) * batch / dt, 1),
                             "online_knn20_top1": online_knn(), **model.take_usage()})
-            print(json.dumps(history[-1]), flush=True)
+            if writer:
+                print(json.dumps(history[-1]), flush=True)
             if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
-                with atomic_path(resume_file) as tmp:
-                    torch.save(resume_state(epoch=epoch + 1), tmp)
+                state = resume_state(epoch=epoch + 1)
+                if writer:
+                    with atomic_path(resume_file) as tmp:
+                        torch.save(state, tmp)
 
+    if not writer:
+        return out
     with atomic_path(out / "checkpoint.pt") as tmp:
         torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "num_train": len(images), "mean": mean.cpu(), "std": std.cpu()}, tmp)
     with atomic_path(out / "history.csv") as tmp:

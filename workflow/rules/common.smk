@@ -73,13 +73,15 @@ def fit_mem_mb(rule, mb):
 
 
 def gpus():
-    """GPUs a training job asks for: one when it trains on CUDA ('auto' on a host that sees a GPU)."""
+    """GPUs a training job asks for when it trains on CUDA ('auto' on a host that sees a GPU):
+    one per data-parallel process (pretrain.processes)."""
     device = config["pretrain"]["device"]
     if device == "auto":
         import torch  # only then: importing torch costs a second per Snakemake start
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return int(device == "cuda")
+    return config["pretrain"]["processes"] if device == "cuda" else 0
 
 
 GPUS = gpus()
+EVAL_GPUS = min(GPUS, 1)  # evaluation runs in one process

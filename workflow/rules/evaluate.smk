@@ -81,7 +81,7 @@ rule semisup:
     threads: fit_threads("semisup", 1)
     resources:
         mem_mb=fit_mem_mb("semisup", 4000),
-        gpu=GPUS,
+        gpu=EVAL_GPUS,
     conda:
         ENV
     shell:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..augment import ViewSpec
 from ..io import UserError
 
@@ -66,6 +67,10 @@ class Method(nn.Module):
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The training step: what DistributedDataParallel calls (it syncs gradients around forward)."""
+        return self.training_step(batch)
+
     def check_schedule(self, epochs: int) -> None:
         """Raise UserError, before anything is written, if the method's params cannot take
         effect within `epochs` epochs (e.g. CADC's centres placed after the last epoch)."""
@@ -103,6 +108,8 @@ class Method(nn.Module):
         """This epoch's prototype use ({} for methods without prototypes), then reset: how many
         prototypes received at least one sample, and the entropy of their use over log K (1: even)."""
         usage, self.usage_counts = getattr(self, "usage_counts", None), None
+        if usage is not None:
+            usage = distributed.sum_no_grad(usage)  # every process's samples
         if usage is None or usage.sum() == 0:
             return {}
         p = usage.double() / usage.sum()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..augment import ViewSpec
 from ..io import UserError
+from .. import distributed
 from .base import Method, register
 from .common import nt_xent
 
@@ -43,7 +44,7 @@ def dec_target(q: torch.Tensor) -> torch.Tensor:
     """DEC's sharpened target p_ik = (q_ik^2 / f_k) / sum_k' (q_ik'^2 / f_k'), f_k = sum_i q_ik;
     detached."""
     q = q.detach()
-    w = q.pow(2) / q.sum(dim=0)
+    w = q.pow(2) / distributed.all_reduce_sum(q.sum(dim=0))  # cluster frequencies over the global batch
     return w / w.sum(dim=1, keepdim=True)
 
 

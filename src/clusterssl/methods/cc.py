@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from .base import Method, register
 from .common import kl_to_uniform, mlp, nt_xent
 
@@ -24,7 +25,8 @@ from .common import kl_to_uniform, mlp, nt_xent
 def cc_cluster_loss(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
     """Cluster-level contrast between the columns of two N x M assignment matrices, plus the
     KL-to-uniform of each view's cluster usage."""
-    contrast = nt_xent(p1.t(), p2.t(), temperature)
+    # the columns span the global batch: every process computes the same cluster contrast
+    contrast = nt_xent(distributed.gather(p1).t(), distributed.gather(p2).t(), temperature, across_processes=False)
     balance = kl_to_uniform(p1) + kl_to_uniform(p2)
     return {"cluster_contrast": contrast, "cluster_balance": balance}
 

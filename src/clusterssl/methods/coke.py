@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from .base import Method, register
 from .common import mlp, per_cluster_sums
 
@@ -100,15 +101,18 @@ class CoKe(Method):
         index, t, alpha = batch["index"], self.cfg["temperature"], self.cfg["alpha"]
         loss = 0.0
         with torch.no_grad():
-            feats = (proj[0] + proj[1]).float() / 2
+            # every process updates its heads with the global batch: their state stays identical
+            feats = distributed.gather_no_grad((proj[0] + proj[1]).float() / 2)
+            all_index = distributed.gather_no_grad(index)
+        n = len(index)
         for head in self.heads:
             with torch.no_grad():
                 fresh = head.assign(feats)
-                targets = fresh if first_epoch else head.labels[index]
+                targets = distributed.local_rows(fresh if first_epoch else head.labels[all_index], n)
                 head.update(feats, fresh)
-                head.labels[index] = fresh
+                head.labels[all_index] = fresh
                 if head is self.heads[-1]:  # the report shows the use of its last (by default largest) head
-                    self.record_assignments(fresh, len(head.duals))
+                    self.record_assignments(distributed.local_rows(fresh, n), len(head.duals))
                 centres = head.current.clone() if first_epoch else head.previous
                 soft = [F.softmax(p @ centres.t() / t, dim=1) for p in proj]
             for out in (proj, pred):

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
+
 
 def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, last_bn: bool = False, bn: bool = True) -> nn.Sequential:
     """Projector / predictor MLP: (Linear-BN-ReLU) x (layers-1), then Linear (optionally BN).
@@ -54,15 +56,21 @@ class EMATeacher(nn.Module):
         return self.module(*args, **kwargs)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, across_processes: bool = True) -> torch.Tensor:
     """NT-Xent (SimCLR) over the 2N views: each view's positive is the other view of the same
-    image, the other 2N - 2 views are negatives. Inputs need not be normalised."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    image, the other 2N - 2 views are negatives. Inputs need not be normalised. Across
+    processes, this process's views are the queries and the global batch's the keys;
+    `across_processes=False` for inputs that are already global (CC's cluster columns)."""
+    q = F.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]
-    sim = z @ z.t() / temperature
-    sim.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, targets)
+    gathered = across_processes and distributed.active()
+    k = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)]), dim=1) if gathered else q
+    big_n, first = len(k) // 2, (distributed.rank() * n if gathered else 0)
+    sim = q @ k.t() / temperature
+    mine = torch.arange(first, first + n, device=q.device)
+    own, other = torch.cat([mine, mine + big_n]), torch.cat([mine + big_n, mine])
+    sim[torch.arange(2 * n, device=q.device), own] = float("-inf")  # a view is not its own negative
+    return F.cross_entropy(sim, other)
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -87,7 +95,7 @@ def kl_to_uniform(probs: torch.Tensor) -> torch.Tensor:
     (batch = first dimension, clusters = last; averaged over any dimensions in between):
     0 when clusters are used uniformly, log K when every sample picks the same one. CARL's
     collapse regulariser and Contrastive Clustering's entropy term."""
-    pbar = probs.mean(dim=0)
+    pbar = distributed.batch_mean(probs)  # over the global batch
     return (math.log(probs.shape[-1]) + (pbar * torch.log(pbar.clamp_min(1e-12))).sum(dim=-1)).mean()
 
 

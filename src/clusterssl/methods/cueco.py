@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from .base import register
 from .common import per_cluster_sums
 from .moco_v2 import MoCoV2
@@ -52,7 +53,7 @@ class CueCo(MoCoV2):
 
     def training_step(self, batch):
         queries, keys = self.queries_and_keys(batch["views"])
-        k_all = F.normalize(torch.cat(keys), dim=1)
+        k_all = F.normalize(torch.cat([distributed.gather_no_grad(k) for k in keys]), dim=1)  # the global batch's
         if not self.centroids_ready:
             # first step: centroids are random keys of this batch (repeated when K > 2N)
             pick = torch.randperm(len(k_all), device=k_all.device).repeat(-(-len(self.centroids) // len(k_all)))
@@ -60,8 +61,9 @@ class CueCo(MoCoV2):
             self.centroids_ready.fill_(True)
         with torch.no_grad():
             assign = [(F.normalize(k, dim=1) @ self.centroids.t()).argmax(dim=1) for k in keys]
+            assign_all = torch.cat([distributed.gather_no_grad(a) for a in assign])
         t = self.cfg["cluster_temperature"]
         clu = (cluster_pull_loss(queries[0], self.centroids, assign[1], t) + cluster_pull_loss(queries[1], self.centroids, assign[0], t)) / 2
         con = self.contrastive(queries, keys)
-        update_centroids(self.centroids, k_all, torch.cat(assign), self.cfg["centroid_momentum"])
+        update_centroids(self.centroids, k_all, assign_all, self.cfg["centroid_momentum"])
         return {"loss": con + self.cfg["cluster_weight"] * clu, "info_nce": con.detach(), "cluster": clu.detach()}

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from .base import Method, register
 from .common import EMATeacher, Queue, info_nce
 
@@ -46,8 +47,8 @@ class MoCoV2(Method):
         (q1, q2), (k1, k2) = queries, keys
         t = self.cfg["temperature"]
         loss = (info_nce(q1, k2, self.queues[1].get(), t) + info_nce(q2, k1, self.queues[0].get(), t)) / 2
-        self.queues[0].push(k1)
-        self.queues[1].push(k2)
+        self.queues[0].push(distributed.gather_no_grad(k1))  # the global batch's keys, in rank order
+        self.queues[1].push(distributed.gather_no_grad(k2))
         return loss
 
     def training_step(self, batch):

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..augment import ViewSpec
+from .. import distributed
 from .base import Method, register
 from .common import Queue, sinkhorn
 
@@ -55,15 +56,16 @@ class SwAV(Method):
         scores = [zi @ weight.t() for zi in z]
         self.record_assignments(scores[0].argmax(dim=1), len(weight))
         codes = []
-        with torch.no_grad():
+        with torch.no_grad():  # codes over the global batch (and the queue), this process's rows kept
             for j in range(2):
-                s = scores[j].detach()
+                s = distributed.gather_no_grad(scores[j].detach())
                 if self.queues is not None and self.queues[j].filled == len(self.queues[j].items):
                     s = torch.cat([s, self.queues[j].get() @ weight.t()])
-                codes.append(sinkhorn(s, self.cfg["sinkhorn_epsilon"], self.cfg["sinkhorn_iterations"])[: len(z[j])])
+                q = sinkhorn(s, self.cfg["sinkhorn_epsilon"], self.cfg["sinkhorn_iterations"])
+                codes.append(distributed.local_rows(q, len(z[j])))
             if self.queues is not None:
                 for j in range(2):
-                    self.queues[j].push(z[j])
+                    self.queues[j].push(distributed.gather_no_grad(z[j].detach()))
         loss = swapped_prediction_loss(scores, codes, self.cfg["temperature"])
         return {"loss": loss, "swapped_prediction": loss.detach()}
 

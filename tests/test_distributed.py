@@ -1,0 +1,97 @@
+"""Data-parallel pretraining: N processes (gloo, on CPU) compute the loss and gradients that one
+process computes on the same global batch, for every method; `clusterssl pretrain` with
+pretrain.processes 2 launches torchrun and leaves one run, written once."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PARAMS_YAML
+
+TESTS = Path(__file__).resolve().parent
+METHODS = ["simclr", "swav", "carl", "coke", "byol", "moco_v2", "cueco", "cc", "cadc"]
+
+
+def torchrun(processes: int, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), *sys.path]))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+           str(TESTS / "ddp_worker.py"), str(PARAMS_YAML), str(out), ",".join(METHODS)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    return torchrun(1, tmp / "one.pt"), torchrun(2, tmp / "two.pt")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_give_the_loss_and_gradients_of_one_on_the_global_batch(one_and_two, method):
+    one, two = one_and_two[0][method], one_and_two[1][method]
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5, abs=1e-6)
+    for step, (g1, g2) in enumerate(zip(one["grads"], two["grads"])):
+        assert g1.keys() == g2.keys(), step
+        total = torch.cat([g.flatten() for g in g1.values()]).norm()
+        for name in g1:
+            # float32 rounding differs (sums in another order) and sharp softmaxes (Sinkhorn's
+            # epsilon 0.05) amplify it over steps; a missing gather is off by 10% or more. A
+            # gradient that is zero in exact arithmetic (a bias before a BatchNorm) is rounding
+            # only: it is measured against the whole gradient's scale.
+            error = float((g2[name] - g1[name]).norm() / torch.maximum(g1[name].norm(), 1e-3 * total))
+            assert error < 1e-3, f"step {step}, {name}: relative error {error:.2e}"
+
+
+def _tiny_params(tmp_path, **pretrain) -> Path:
+    import yaml
+
+    from clusterssl import data, paths
+    from clusterssl.config import validate
+
+    params = yaml.safe_load((PARAMS_YAML.parent / "config/presets/tiny.yaml").read_text())
+    params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
+    params["data"]["max_train"] = 256
+    params["pretrain"].update({"epochs": 1, "batch_size": 64, **pretrain})
+    validate(params)
+    data.fetch("digits", paths.raw_dir(params, "digits"))
+    data.prepare("digits", paths.raw_dir(params, "digits"), paths.prepared_dir(params, "digits"))
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return f
+
+
+def _pretrain(params_file: Path, method="carl"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "clusterssl.cli", "--params", str(params_file), "pretrain", "--method", method,
+                           "--seed", "0", "--threads", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_pretrain_verb_runs_two_processes_through_torchrun_and_writes_one_run(tmp_path):
+    done = _pretrain(_tiny_params(tmp_path, processes=2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "results/runs/digits/carl/seed0"
+    assert done.stdout.strip().splitlines()[-1] == str(run)  # printed once, by rank 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["pretrain"]["processes"] == 2 and config["train_images"] == 256
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "online_knn20_top1" in history[0]
+    import yaml
+
+    from clusterssl.train import load_trained
+
+    model, _ = load_trained(yaml.safe_load((tmp_path / "params.yaml").read_text()), "carl", 0)  # the plain model's keys
+    assert not any(isinstance(m, torch.nn.parallel.DistributedDataParallel) for m in model.modules())
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
+    done = _pretrain(_tiny_params(tmp_path, processes=2, batch_size=63))
+    assert done.returncode != 0
+    assert "pretrain.batch_size 63 does not split evenly over pretrain.processes 2; make it a multiple of 2" in done.stderr
+    assert not (tmp_path / "results/runs/digits").exists()
