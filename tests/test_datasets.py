@@ -238,3 +238,18 @@ def test_a_paper_preset_runs_on_its_generated_dataset_with_only_its_size_shrunk(
         cluster = json.loads(evaluate(params, "cluster", method, 0).read_text())
         assert cluster["settings"]["split"] == "train+test"
         assert sum(map(sum, cluster["metrics"]["kmeans"]["confusion"])) == len(arrays["train"][1]) + len(arrays["test"][1])
+
+
+def test_every_preset_validates_and_fmnist_gpu_changes_only_the_compute():
+    from clusterssl.config import load_params
+
+    presets = sorted((PARAMS_YAML.parent / "config/presets").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"paper-cifar10", "paper-cifar100", "paper-stl10", "fmnist-gpu"}
+    loaded = {p.stem: load_params(p) for p in presets}
+    gpu, cpu = loaded["fmnist-gpu"], loaded["fmnist-all"]
+    assert gpu["backbone"] == {"name": "resnet18", "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512], "stem": "small"}
+    for p in (gpu, cpu):
+        p.pop("backbone"), p.pop("paths"), p.pop("seeds")
+        for key in ("epochs", "batch_size", "warmup_epochs", "checkpoint_every", "device"):
+            p["pretrain"].pop(key)
+    assert gpu == cpu  # the same methods, recipes and evaluation
