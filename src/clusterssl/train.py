@@ -178,6 +178,8 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     seed_everything(seed)  # the same on every process: methods' own random draws agree
     device = pick_device(tcfg["device"])
     device = distributed.init(device.type) or device  # under torchrun: join the group, take this process's GPU
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     world, rank = distributed.world_size(), distributed.rank()
     if distributed.launched_by_torchrun() and world != tcfg["processes"]:
         raise UserError(f"torchrun started {world} processes but pretrain.processes is {tcfg['processes']}; "
