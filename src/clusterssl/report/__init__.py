@@ -36,11 +36,16 @@ COLUMNS = [
 ]
 
 
+def semisup_column(fraction: float) -> str:
+    """The runs table's column of fine-tuning with `fraction` of the labels."""
+    return f"semisup_{fraction:g}_top1"
+
+
 def columns(params: dict) -> list[tuple]:
     """COLUMNS, then one per semi-supervised fraction and two per transfer dataset (probe, k-NN)."""
     out = list(COLUMNS)
     for f in params["eval"]["semisup"]["fractions"]:
-        out.append((f"semisup_{f:g}_top1", paths.semisup_name(f), ("top1",), True, f"semi-sup {100 * f:g} % labels top-1 %"))
+        out.append((semisup_column(f), paths.semisup_name(f), ("top1",), True, f"semi-sup {100 * f:g} % labels top-1 %"))
     k = min(params["eval"]["knn"]["k"])
     for t in params["eval"]["transfer"]["datasets"]:
         out.append((f"transfer_{t}_linear_top1", paths.transfer_name(t), ("linear", "top1"), True, f"transfer {t} linear %"))
@@ -165,7 +170,7 @@ def label_efficiency(runs: pd.DataFrame, params: dict) -> pd.DataFrame:
     """Test top-1 per method and share of labels: fine-tuned at each semi-supervised fraction,
     the frozen linear probe at 100 %; mean and 95 % t interval over seeds."""
     rows = []
-    points = [(100 * f, "fine-tune", f"semisup_{f:g}_top1") for f in params["eval"]["semisup"]["fractions"]]
+    points = [(100 * f, "fine-tune", semisup_column(f)) for f in params["eval"]["semisup"]["fractions"]]
     for method, g in runs.groupby("method", sort=False):
         for percent, protocol, col in [*points, (100.0, "frozen linear probe", "linear_top1")]:
             if col in g and g[col].notna().any():
