@@ -67,6 +67,11 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+def _scratch_device() -> torch.device:
+    """Where small bookkeeping tensors go for a collective: NCCL takes CUDA tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """The global batch: every process's `x` concatenated in rank order; gradients flow back to
     each process's own part."""
@@ -129,9 +134,9 @@ def average(values: dict[str, float]) -> dict[str, float]:
     """Per-process running sums (loss terms) averaged over processes, for the history."""
     if not active() or not values:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=_scratch_device())
     dist.all_reduce(t)
-    return {k: float(v) / world_size() for k, v in zip(values, t)}
+    return {k: float(v) / world_size() for k, v in zip(values, t.cpu())}
 
 
 def any_process(flag: bool) -> bool:
@@ -139,7 +144,7 @@ def any_process(flag: bool) -> bool:
     same step)."""
     if not active():
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=_scratch_device())
     dist.all_reduce(t)
     return bool(t.item())
 
