@@ -299,6 +299,7 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     walltime_md = tables.to_markdown(walltime) if len(walltime) else "_no benchmark files: this run was not made by Snakemake._\n"
     machine_text, versions_text = machine(), versions()
     protocols = {e: read_json(paths.metrics_file(params, paths.RAW_PIXELS, seed0, e)) for e in paths.EVALS}
+    cluster_split = {"test": "test", "train": "train", "train+test": "train and test"}[params["eval"]["cluster"]["split"]]
     semisup_text = ", ".join(f"{100 * f:g} % labels" for f in params["eval"]["semisup"]["fractions"])
     transfer_text = ", ".join(f"{params['dataset']} -> {t}" for t in params["eval"]["transfer"]["datasets"]) or "none"
     index = f"""# clusterssl report — {params['dataset']}
@@ -309,12 +310,12 @@ Frozen-encoder evaluations on the {params['dataset']} test set ({protocols['line
   features, settings {protocols['linear']['settings']}; each encoder's learning rate is chosen
   from that list on a held-out part of the train features (never on test), then refitted on all.
 - k-NN: weighted vote (cosine similarity, weights exp(s / T)), settings {protocols['knn']['settings']}.
-- k-means: K = number of classes on L2-normalised test features; ACC via Hungarian matching;
-  settings {protocols['cluster']['settings']}.
-- head: the method's own clusters (argmax of its cluster head) on the test images, where it has
+- k-means: K = number of classes on the L2-normalised features of the {cluster_split} images; ACC via
+  Hungarian matching; settings {protocols['cluster']['settings']}.
+- head: the method's own clusters (argmax of its cluster head) on the same images, where it has
   one: CC, CADC and CoKe's first head have one cluster per class; CARL's head is its K prototypes,
   so its ACC counts only the best-matched 10 prototypes and its NMI is not comparable with K = 10.
-  "clusters used" is how many distinct clusters the test images fall into.
+  "clusters used" is how many distinct clusters those images fall into.
 - Semi-supervised ({semisup_text}): the backbone plus a new linear head fine-tuned on
   class-balanced labelled subsets of the train split (the same index files for every row, one per
   seed), settings {params['eval']['semisup']}; the learning rate is chosen per encoder on a held-out
