@@ -73,6 +73,7 @@ def cmd_pretrain(args):
     out = pretrain(p, args.method, args.seed, threads=args.threads, progress=not args.no_progress)
     if distributed.rank() == 0:
         print(out)
+    distributed.finish()
 
 
 def cmd_embed(args):

@@ -72,6 +72,12 @@ def _scratch_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def finish() -> None:
+    """Leave the process group (every process, after its last collective)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """The global batch: every process's `x` concatenated in rank order; gradients flow back to
     each process's own part."""

@@ -256,7 +256,8 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         except (UserError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             # never trusted and never in the way of later runs: set aside for a look
             aside = resume_file.with_name("resume.pt.rejected")
-            os.replace(resume_file, aside)
+            if writer:
+                os.replace(resume_file, aside)
             reason = exc if isinstance(exc, UserError) else f"{resume_file}: {type(exc).__name__}: {str(exc)[:200]}"
             if isinstance(exc, UserError):  # refused before anything was loaded: train from the start
                 print(f"not resuming: {reason}; moved it to {aside}; training from epoch 1", flush=True)
