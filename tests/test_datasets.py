@@ -244,7 +244,7 @@ def test_every_preset_validates_and_fmnist_gpu_changes_only_the_compute():
     from clusterssl.config import load_params
 
     presets = sorted((PARAMS_YAML.parent / "config/presets").glob("*.yaml"))
-    assert {p.stem for p in presets} >= {"paper-cifar10", "paper-cifar100", "paper-stl10", "fmnist-gpu"}
+    assert {p.stem for p in presets} >= {"paper-cifar10", "paper-cifar100", "paper-stl10", "paper-imagenet100", "fmnist-gpu"}
     loaded = {p.stem: load_params(p) for p in presets}
     gpu, cpu = loaded["fmnist-gpu"], loaded["fmnist-all"]
     assert gpu["backbone"] == {"name": "resnet18", "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512], "stem": "small"}

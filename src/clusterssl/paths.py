@@ -25,8 +25,17 @@ def prepared_dir(params: dict, dataset: str) -> Path:
     return data_dir(params) / "prepared" / dataset
 
 
-def prepared_files(params: dict, dataset: str) -> list[Path]:
+def is_sharded(dataset: str) -> bool:
+    from .data import SOURCES  # here: the data package is not needed by most callers
+
+    return getattr(SOURCES.get(dataset), "SHARDED", False)
+
+
+def prepared_files(params: dict, dataset: str, sharded: bool | None = None) -> list[Path]:
+    """What `prepare` writes; `sharded` for a wildcard pattern (by default: the dataset's kind)."""
     d = prepared_dir(params, dataset)
+    if is_sharded(dataset) if sharded is None else sharded:  # the shards themselves are listed in these
+        return [d / "train.shards.json", d / "test.shards.json", d / "meta.json"]
     return [d / "train.npz", d / "test.npz", d / "meta.json"]
 
 

@@ -189,17 +189,24 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     prepared = paths.prepared_dir(params, params["dataset"])
     meta = load_meta(prepared)
     train = load_prepared(prepared, "train", params["data"]["max_train"])
-    pool = np.concatenate([train.images, *(s.images for s in extra_pretrain_splits(params, prepared, meta))])
-    # uint8 NCHW; labelled train images first, so the monitor's indices below are theirs
-    images = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
-    del pool
-    in_chans, num_classes = images.shape[1], len(meta["classes"])
-    mean = images.float().mean(dim=(0, 2, 3)) / 255
-    std = images.float().std(dim=(0, 2, 3)) / 255
+    num_classes = len(meta["classes"])
+    if train.streamed:  # shards (data/shards.py): batches come from loader workers, statistics from prepare
+        if params["data"]["extra_pretrain_splits"]:
+            raise UserError(f"data.extra_pretrain_splits: {params['dataset']} is prepared in shards, which take no extra splits; set it to []")
+        images, num_train, in_chans = None, len(train), meta["image_shape"][2]
+        mean, std = (torch.tensor(v, device=device) for v in (train.pixel_mean, train.pixel_std))
+    else:
+        pool = np.concatenate([train.images, *(s.images for s in extra_pretrain_splits(params, prepared, meta))])
+        # uint8 NCHW; labelled train images first, so the monitor's indices below are theirs
+        images = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
+        del pool
+        num_train, in_chans = len(images), images.shape[1]
+        mean = images.float().mean(dim=(0, 2, 3)) / 255
+        std = images.float().std(dim=(0, 2, 3)) / 255
 
-    model = build_method(cfg, in_chans, num_classes, len(images)).to(device)
+    model = build_method(cfg, in_chans, num_classes, num_train).to(device)
     model.check_schedule(tcfg["epochs"])
-    batch = min(tcfg["batch_size"], len(images))  # the global batch, split over the processes
+    batch = min(tcfg["batch_size"], num_train)  # the global batch, split over the processes
     if batch % world:
         raise UserError(f"pretrain.batch_size {batch} does not split evenly over pretrain.processes {world}; "
                         f"make it a multiple of {world}")
@@ -213,7 +220,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     channels_last = tcfg["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = len(images) // batch
+    steps_per_epoch = train.steps_per_epoch(batch) if train.streamed else num_train // batch
     total_steps = steps_per_epoch * tcfg["epochs"]
     base_lr = tcfg["lr"] * batch / 256
     opt = make_optimizer(model, tcfg, base_lr)
@@ -278,9 +285,26 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         encoder.train(was_training)
         return feats
 
-    encode_train_set = lambda: encode(model.backbone, images)
+    @torch.no_grad()
+    def encode_streamed(encoder: torch.nn.Module) -> torch.Tensor:
+        """Every train image through `encoder`, rows in index order (the shards come in any order)."""
+        was_training = encoder.training
+        encoder.eval()
+        feats = None
+        for idx, x in train.chunks():
+            f = encoder(norm(torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float() / 255))
+            if feats is None:
+                feats = torch.empty(num_train, f.shape[1], device=device, dtype=f.dtype)
+            feats[torch.from_numpy(idx).to(device)] = f
+        encoder.train(was_training)
+        return feats
+
+    encode_train_set = (lambda: encode_streamed(model.backbone)) if train.streamed else (lambda: encode(model.backbone, images))
     bank, query = monitor_split(len(train))
-    monitor_images = images[torch.from_numpy(np.concatenate([bank, query])).to(device)]  # drawn once, encoded each epoch
+    if train.streamed:  # drawn once, encoded each epoch
+        monitor_images = torch.from_numpy(train.take(np.concatenate([bank, query]))).permute(0, 3, 1, 2).contiguous().to(device)
+    else:
+        monitor_images = images[torch.from_numpy(np.concatenate([bank, query])).to(device)]
     bank_labels, query_labels = torch.from_numpy(train.labels[bank]), torch.from_numpy(train.labels[query])
 
     def online_knn() -> float:
@@ -304,11 +328,13 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
             if mid_epoch is None:
                 model.on_epoch_start(epoch, encode_train_set)
                 sums: dict[str, float] = {}
-                perm = torch.randperm(len(images), generator=order_gen).to(device)
+                perm = torch.randperm(num_train, generator=order_gen).to(device)
                 first_step = 0
             else:  # the epoch a SIGTERM interrupted: same order, same running sums, its start hook already ran
                 sums, perm, first_step = mid_epoch["sums"], mid_epoch["perm"], start_step
                 model.usage_counts, mid_epoch = mid_epoch["usage"], None
+            if train.streamed:  # this process's share of the epoch, in the order seeded by (seed, epoch)
+                stream = train.batches(seed, epoch, rank, world, local_batch, steps_per_epoch, skip=first_step, pin=device.type == "cuda")
             model.train()
             t0 = time.time()
             bar = tqdm(range(first_step, steps_per_epoch), desc=f"{method_name} epoch {epoch + 1}/{tcfg['epochs']}", disable=not progress, mininterval=5, leave=False)
@@ -328,8 +354,12 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                 lr = lr_at(step, total_steps, tcfg["warmup_epochs"] * steps_per_epoch, base_lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                idx = perm[it * batch + rank * local_batch : it * batch + (rank + 1) * local_batch]
-                x = images[idx].float().div_(255)
+                if train.streamed:
+                    idx, x = next(stream)
+                    idx, x = idx.to(device), x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                else:
+                    idx = perm[it * batch + rank * local_batch : it * batch + (rank + 1) * local_batch]
+                    x = images[idx].float().div_(255)
                 views = make_views(x, model.view_spec, aug, gen)
                 b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
                 b["index"], b["epoch"] = idx, epoch
@@ -369,14 +399,14 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     if not writer:
         return out
     with atomic_path(out / "checkpoint.pt") as tmp:
-        torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "num_train": len(images), "mean": mean.cpu(), "std": std.cpu()}, tmp)
+        torch.save({"config": cfg, "seed": seed, "model": model.state_dict(), "in_chans": in_chans, "num_classes": num_classes, "num_train": num_train, "mean": mean.cpu(), "std": std.cpu()}, tmp)
     with atomic_path(out / "history.csv") as tmp:
         keys = list(dict.fromkeys(k for row in history for k in row))
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(history)
-    write_json(out / "config.json", {**cfg, "seed": seed, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "train_images": len(images)})
+    write_json(out / "config.json", {**cfg, "seed": seed, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "train_images": num_train})
     if resume_file.exists():
         os.remove(resume_file)
     return out

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from clusterssl import cluster
+from clusterssl.data import SOURCES
 from clusterssl.stages import stage_params
 
 RESULTS = str(paths.results_dir(config))

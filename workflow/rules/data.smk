@@ -18,6 +18,8 @@ rule fetch:
 
 
 rule prepare:
+    wildcard_constraints:
+        dataset="|".join(d for d in SOURCES if not paths.is_sharded(d)),
     input:
         rules.fetch.output,
     output:
@@ -38,9 +40,33 @@ rule prepare:
         "clusterssl --params {params.file} data prepare {wildcards.dataset} > {log} 2>&1"
 
 
+# datasets too large for memory: the same verb writes shards and their index files
+rule prepare_sharded:
+    wildcard_constraints:
+        dataset="|".join(d for d in SOURCES if paths.is_sharded(d)),
+    input:
+        rules.fetch.output,
+    output:
+        [str(p) for p in paths.prepared_files(config, "{dataset}", sharded=True)],
+    params:
+        file=PARAMS,
+        stage=stage_params(config, "prepare"),
+    log:
+        log_file("prepare/{dataset}"),
+    benchmark:
+        benchmark_file("prepare/{dataset}")
+    threads: fit_threads("prepare", 8)  # JPEG decoding in worker processes
+    resources:
+        mem_mb=fit_mem_mb("prepare", 8000),
+    conda:
+        ENV
+    shell:
+        "clusterssl --params {params.file} data prepare {wildcards.dataset} > {log} 2>&1"
+
+
 rule split:
     input:
-        prepared("{dataset}"),
+        lambda w: prepared(w.dataset),
     output:
         str(paths.split_file(config, "{dataset}", "{fraction}", "{seed}")),
     params:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import UserError, atomic_dir, file_sha256, read_json, write_json
-from . import cifar, digits, fashion_mnist, stl10
+from . import cifar, digits, fashion_mnist, imagenet, stl10
+from .shards import ShardedSplit, is_sharded
 
 # each source: fetch(raw_dir), load_raw(raw_dir) -> (train, test), and CLASSES or
 # read_classes(raw_dir); optionally load_extra(raw_dir) -> {split: (images, labels)}
@@ -21,7 +22,10 @@ SOURCES = {
     "cifar100": cifar.CIFAR100,
     "cifar100_20": cifar.CIFAR100_20,
     "stl10": stl10,
+    "imagenet100": imagenet,
 }
+# sources with SHARDED = True provide prepare_into(raw_dir, out_dir) instead of load_raw: their
+# splits are written as shards (data/shards.py) and loaded as ShardedSplit
 
 
 def get_source(name: str):
@@ -44,6 +48,13 @@ def prepare(name: str, raw_dir: Path, out_dir: Path) -> Path:
     if not raw_dir.exists():
         raise UserError(f"{raw_dir}: raw data not found; run `clusterssl data fetch {name}` first")
     classes = source.read_classes(raw_dir) if hasattr(source, "read_classes") else source.CLASSES
+    if getattr(source, "SHARDED", False):
+        with atomic_dir(out_dir) as tmp:
+            counts = source.prepare_into(raw_dir, tmp)
+            shape = [source.SIZE, source.SIZE, 3]
+            write_json(tmp / "meta.json", {"name": name, "classes": list(classes), "image_shape": shape, "format": "shards",
+                                           "num_train": counts["train"], "num_test": counts["test"], "splits": counts})
+        return out_dir
     extra = source.load_extra(raw_dir) if hasattr(source, "load_extra") else {}
     with atomic_dir(out_dir) as tmp:
         write_prepared(tmp, name, classes, *source.load_raw(raw_dir), extra=extra)
@@ -78,14 +89,31 @@ def write_prepared(out_dir: Path, name: str, classes, train: tuple, test: tuple,
 class Split:
     """One prepared split in memory: uint8 NHWC images and int64 labels."""
 
+    streamed = False
+
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[indices]
 
-def load_prepared(prepared_dir: Path, split: str, limit: int | None = None) -> Split:
+    def chunks(self, size: int = 1024):
+        """(indices, images) in order, as ShardedSplit.chunks gives them (in any order)."""
+        for i in range(0, len(self), size):
+            yield np.arange(i, min(i + size, len(self))), self.images[i : i + size]
+
+
+def load_prepared(prepared_dir: Path, split: str, limit: int | None = None) -> Split | ShardedSplit:
+    """An in-memory Split, or a ShardedSplit where `prepare` wrote shards (`limit` then unused:
+    presets for sharded data train on every image)."""
+    if is_sharded(prepared_dir, split):
+        if limit is not None and limit < len(ShardedSplit(prepared_dir, split, check=False)):
+            raise UserError(f"{prepared_dir}: prepared in shards, which are read whole; set data.max_train and "
+                            "eval.max_train to null for this dataset")
+        return ShardedSplit(prepared_dir, split)
     f = Path(prepared_dir) / f"{split}.npz"
     if not f.exists():
         raise UserError(f"{f}: prepared data not found; run `clusterssl data prepare` first")

@@ -16,23 +16,44 @@ from ..io import UserError, atomic_path
 
 
 @torch.no_grad()
-def encode(model, images: np.ndarray, mean, std, device, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+def encode(model, split, mean, std, device, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features (and cluster-head assignments) of every image of `split` (in memory or in
+    shards), rows in index order."""
     encoder = model.eval_encoder().eval()
-    feats, clusters = [], []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255)
+    feats, clusters = None, None
+    for idx, images in split.chunks(batch_size):
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
         x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
         h = encoder(x)
-        feats.append(h.float().cpu())
         logits = model.cluster_logits(h)
+        if feats is None:
+            feats = np.empty((len(split), h.shape[1]), dtype=np.float32)
+            clusters = None if logits is None else np.empty(len(split), dtype=np.int64)
+        feats[idx] = h.float().cpu().numpy()
         if logits is not None:
-            clusters.append(logits.argmax(1).cpu())
-    return torch.cat(feats).numpy(), (torch.cat(clusters).numpy() if clusters else None)
+            clusters[idx] = logits.argmax(1).cpu().numpy()
+    return feats, clusters
 
 
 def raw_pixel_features(images: np.ndarray) -> np.ndarray:
     """The no-learning baseline: pixels scaled to [0, 1], flattened."""
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+SHARDED_RAW_SIDE = 32  # sharded datasets' raw pixels are first downsampled: 224 x 224 x 3 = 150k values per image would not fit
+
+
+def raw_features(split, indices: np.ndarray | None = None) -> np.ndarray:
+    """raw_pixel_features of a split (or of its images at `indices`); in shards: at 32 x 32."""
+    if not split.streamed:
+        return raw_pixel_features(split.images if indices is None else split.images[indices])
+    shrink = lambda x: raw_pixel_features(match_shape(x, (SHARDED_RAW_SIDE, SHARDED_RAW_SIDE, x.shape[3])))
+    if indices is not None:
+        return shrink(split.take(indices))
+    out = np.empty((len(split), SHARDED_RAW_SIDE * SHARDED_RAW_SIDE * 3), dtype=np.float32)
+    for idx, x in split.chunks():
+        out[idx] = shrink(x)
+    return out
 
 
 def match_shape(images: np.ndarray, shape) -> np.ndarray:
@@ -64,15 +85,14 @@ def embed(params: dict, method: str, seed: int, dataset: str | None = None, thre
         train.images, test.images = match_shape(train.images, shape), match_shape(test.images, shape)
     out = {"train_labels": train.labels, "test_labels": test.labels}
     if method == paths.RAW_PIXELS:
-        out["train_features"] = raw_pixel_features(train.images)
-        out["test_features"] = raw_pixel_features(test.images)
+        out["train_features"], out["test_features"] = raw_features(train), raw_features(test)
     else:
         device = pick_device(params["pretrain"]["device"])
         model, state = load_trained(params, method, seed, device)
         mean, std = state["mean"].to(device), state["std"].to(device)
         bs = params["eval"]["batch_size"]
-        out["train_features"], tr_c = encode(model, train.images, mean, std, device, bs)
-        out["test_features"], te_c = encode(model, test.images, mean, std, device, bs)
+        out["train_features"], tr_c = encode(model, train, mean, std, device, bs)
+        out["test_features"], te_c = encode(model, test, mean, std, device, bs)
         if te_c is not None:
             out["train_head_clusters"], out["test_head_clusters"] = tr_c, te_c
     dest = paths.features_file(params, method, seed, dataset)

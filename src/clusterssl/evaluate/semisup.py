@@ -28,7 +28,7 @@ from ..augment import random_resized_crop
 from ..data import load_prepared
 from ..data.splits import load_split
 from ..io import write_json
-from .features import raw_pixel_features
+from .features import raw_features
 from .protocols import select_and_probe
 
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -116,20 +116,23 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
         lin = params["eval"]["linear"]
         # the same number of optimiser steps as fine-tuning: a few epochs of a tiny subset underfit
         epochs = max(1, math.ceil(cfg["steps"] / max(1, len(subset) // lin["batch_size"])))
-        result = select_and_probe(raw_pixel_features(train.images[subset]), train.labels[subset], raw_pixel_features(test.images), test.labels,
+        result = select_and_probe(raw_features(train, subset), train.labels[subset], raw_features(test), test.labels,
                                   epochs, lin["lr"], lin["weight_decay"], lin["batch_size"], seed, lin["val_fraction"])
         settings = {"linear": lin, "epochs": epochs}
     else:
         device = pick_device(params["pretrain"]["device"])
         amp = params["pretrain"]["amp"] == "bf16" or (params["pretrain"]["amp"] == "auto" and device.type == "cuda")
         as_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(device)
-        train_x, test_x = as_tensor(train.images[subset]), as_tensor(test.images)
+        train_x, test_x = as_tensor(train.take(subset)), as_tensor(test.take(np.arange(len(test))))
         train_y, test_y = torch.from_numpy(train.labels[subset]).to(device), torch.from_numpy(test.labels).to(device)
         if method == paths.SCRATCH:
             torch.manual_seed(seed)
             backbone = create_backbone(params["backbone"], train_x.shape[1])
-            full = torch.from_numpy(train.images).float() / 255  # normalised like pretraining: train-set statistics
-            mean, std = full.mean(dim=(0, 1, 2)).to(device), full.std(dim=(0, 1, 2)).to(device)
+            if train.streamed:  # normalised like pretraining: train-set statistics
+                mean, std = (torch.tensor(v, device=device) for v in (train.pixel_mean, train.pixel_std))
+            else:
+                full = torch.from_numpy(train.images).float() / 255
+                mean, std = full.mean(dim=(0, 1, 2)).to(device), full.std(dim=(0, 1, 2)).to(device)
         else:
             model, state = load_trained(params, method, seed, device)
             backbone, mean, std = model.eval_encoder(), state["mean"].to(device), state["std"].to(device)
