@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -193,3 +196,22 @@ def test_the_paper_preset_runs_on_a_generated_imagefolder_with_only_its_size_shr
     cluster = json.loads(evaluate(params, "cluster", "simclr", 0).read_text())
     assert cluster["settings"]["split"] == "train+test"
     assert sum(map(sum, cluster["metrics"]["kmeans"]["confusion"])) == 300
+
+
+def test_two_processes_train_on_the_shards_through_the_pretrain_verb(tmp_path, monkeypatch, small_size):
+    make_imagefolder(tmp_path / "imagenet", per_class=(2, 1))
+    monkeypatch.setenv(imagenet.DIR_ENV, str(tmp_path / "imagenet"))
+    params = params_for(tmp_path)
+    params["pretrain"]["processes"] = 2
+    data.fetch("imagenet100", paths.raw_dir(params, "imagenet100"))
+    data.prepare("imagenet100", paths.raw_dir(params, "imagenet100"), paths.prepared_dir(params, "imagenet100"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "clusterssl.cli", "--params", str(tmp_path / "params.yaml"), "pretrain", "--method", "carl",
+                           "--seed", "0", "--threads", "1", "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = paths.run_dir(params, "carl", 0)
+    config = json.loads((run / "config.json").read_text())
+    assert config["pretrain"]["processes"] == 2 and config["train_images"] == 200
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 2
