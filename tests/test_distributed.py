@@ -90,6 +90,14 @@ def test_the_pretrain_verb_runs_two_processes_through_torchrun_and_writes_one_ru
     assert not any(isinstance(m, torch.nn.parallel.DistributedDataParallel) for m in model.modules())
 
 
+def test_two_processes_with_compile_bf16_and_channels_last(tmp_path):
+    """The GPU settings together under DDP (compiled DDP step, bf16 autocast), on CPU."""
+    done = _pretrain(_tiny_params(tmp_path, processes=2, compile=True, amp="bf16", channels_last=True), method="simclr")
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = (tmp_path / "results/runs/digits/simclr/seed0/history.csv").read_text().splitlines()
+    assert len(history) == 2 and "nan" not in history[1]
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     done = _pretrain(_tiny_params(tmp_path, processes=2, batch_size=63))
     assert done.returncode != 0
