@@ -278,28 +278,26 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     )
 
     @torch.no_grad()
-    def encode(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        was_training = encoder.training
-        encoder.eval()
-        feats = torch.cat([encoder(norm(x[i : i + 1024].float() / 255)) for i in range(0, len(x), 1024)])
-        encoder.train(was_training)
-        return feats
-
-    @torch.no_grad()
-    def encode_streamed(encoder: torch.nn.Module) -> torch.Tensor:
-        """Every train image through `encoder`, rows in index order (the shards come in any order)."""
+    def encode(encoder: torch.nn.Module, chunks, n: int) -> torch.Tensor:
+        """n rows of features in index order; `chunks` yields (indices, uint8 NCHW images on the
+        device), in any order (shards come in any order)."""
         was_training = encoder.training
         encoder.eval()
         feats = None
-        for idx, x in train.chunks():
-            f = encoder(norm(torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float() / 255))
+        for idx, x in chunks:
+            f = encoder(norm(x.float() / 255))
             if feats is None:
-                feats = torch.empty(num_train, f.shape[1], device=device, dtype=f.dtype)
-            feats[torch.from_numpy(idx).to(device)] = f
+                feats = torch.empty(n, f.shape[1], device=device, dtype=f.dtype)
+            feats[idx] = f
         encoder.train(was_training)
         return feats
 
-    encode_train_set = (lambda: encode_streamed(model.backbone)) if train.streamed else (lambda: encode(model.backbone, images))
+    in_order = lambda x: ((slice(i, i + 1024), x[i : i + 1024]) for i in range(0, len(x), 1024))
+    if train.streamed:
+        train_chunks = lambda: ((torch.from_numpy(idx).to(device), torch.from_numpy(x).to(device).permute(0, 3, 1, 2)) for idx, x in train.chunks())
+    else:
+        train_chunks = lambda: in_order(images)
+    encode_train_set = lambda: encode(model.backbone, train_chunks(), num_train)
     bank, query = monitor_split(len(train))
     if train.streamed:  # drawn once, encoded each epoch
         monitor_images = torch.from_numpy(train.take(np.concatenate([bank, query]))).permute(0, 3, 1, 2).contiguous().to(device)
@@ -312,7 +310,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         train split (labels only score it; the test split is never read)."""
         from .evaluate.protocols import knn_predict
 
-        f = encode(model.eval_encoder(), monitor_images).float().cpu()
+        f = encode(model.eval_encoder(), in_order(monitor_images), len(monitor_images)).float().cpu()
         pred = knn_predict(f[: len(bank)], bank_labels, f[len(bank):], k=20, temperature=0.1)
         return round(100 * float((torch.from_numpy(pred) == query_labels).float().mean()), 2)
 

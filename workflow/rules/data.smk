@@ -41,27 +41,14 @@ rule prepare:
 
 
 # datasets too large for memory: the same verb writes shards and their index files
-rule prepare_sharded:
+use rule prepare as prepare_sharded with:
     wildcard_constraints:
         dataset="|".join(d for d in SOURCES if paths.is_sharded(d)),
-    input:
-        rules.fetch.output,
     output:
         [str(p) for p in paths.prepared_files(config, "{dataset}", sharded=True)],
-    params:
-        file=PARAMS,
-        stage=stage_params(config, "prepare"),
-    log:
-        log_file("prepare/{dataset}"),
-    benchmark:
-        benchmark_file("prepare/{dataset}")
     threads: fit_threads("prepare", 8)  # JPEG decoding in worker processes
     resources:
         mem_mb=fit_mem_mb("prepare", 8000),
-    conda:
-        ENV
-    shell:
-        "clusterssl --params {params.file} data prepare {wildcards.dataset} > {log} 2>&1"
 
 
 rule split:

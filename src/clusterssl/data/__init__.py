@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io import UserError, atomic_dir, file_sha256, read_json, write_json
 from . import cifar, digits, fashion_mnist, imagenet, stl10
-from .shards import ShardedSplit, is_sharded
+from .shards import ShardedSplit, has_shards
 
 # each source: fetch(raw_dir), load_raw(raw_dir) -> (train, test), and CLASSES or
 # read_classes(raw_dir); optionally load_extra(raw_dir) -> {split: (images, labels)}
@@ -109,11 +109,12 @@ class Split:
 def load_prepared(prepared_dir: Path, split: str, limit: int | None = None) -> Split | ShardedSplit:
     """An in-memory Split, or a ShardedSplit where `prepare` wrote shards (`limit` then unused:
     presets for sharded data train on every image)."""
-    if is_sharded(prepared_dir, split):
-        if limit is not None and limit < len(ShardedSplit(prepared_dir, split, check=False)):
+    if has_shards(prepared_dir, split):
+        sharded = ShardedSplit(prepared_dir, split)
+        if limit is not None and limit < len(sharded):
             raise UserError(f"{prepared_dir}: prepared in shards, which are read whole; set data.max_train and "
                             "eval.max_train to null for this dataset")
-        return ShardedSplit(prepared_dir, split)
+        return sharded
     f = Path(prepared_dir) / f"{split}.npz"
     if not f.exists():
         raise UserError(f"{f}: prepared data not found; run `clusterssl data prepare` first")

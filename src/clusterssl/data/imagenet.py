@@ -12,7 +12,6 @@ Deviation from solo-learn, written down in the preset: random crops are taken fr
 square, not from the whole image."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -77,10 +76,6 @@ def fetch(out_dir: Path) -> None:
     write_json(Path(out_dir) / MANIFEST, manifest)
 
 
-def read_classes(raw_dir: Path) -> tuple:
-    return CLASSES
-
-
 class _Decode:
     """One file -> uint8 SIZE x SIZE x 3 (shorter side to SIZE, bicubic; central square)."""
 
@@ -140,6 +135,3 @@ def prepare_into(raw_dir: Path, out_dir: Path, workers: int | None = None) -> di
         counts[split] = len(files)
     return counts
 
-
-def manifest_sha256(raw_dir: Path) -> str:
-    return hashlib.sha256((Path(raw_dir) / MANIFEST).read_bytes()).hexdigest()

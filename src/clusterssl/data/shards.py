@@ -87,7 +87,7 @@ class ShardedSplit:
 
     streamed = True
 
-    def __init__(self, prepared_dir: Path, split: str, workers: int = LOADER_WORKERS, check: bool = True):
+    def __init__(self, prepared_dir: Path, split: str, workers: int = LOADER_WORKERS):
         f = index_file(prepared_dir, split)
         fix = f"delete {Path(prepared_dir)} and run `clusterssl data prepare` again"
         try:
@@ -95,10 +95,9 @@ class ShardedSplit:
             self.labels = np.asarray(index["labels"], dtype=np.int64)
             self.pixel_mean, self.pixel_std = index["pixel_mean"], index["pixel_std"]
             self.urls = [str(Path(prepared_dir) / split / s["name"]) for s in index["shards"]]
-            if check:
-                for s, url in zip(index["shards"], self.urls):
-                    if not Path(url).is_file() or file_sha256(Path(url)) != s["sha256"]:
-                        raise UserError(f"{url}: missing, changed or damaged since it was prepared (SHA-256 differs from {f}); {fix}")
+            for s, url in zip(index["shards"], self.urls):
+                if not Path(url).is_file() or file_sha256(Path(url)) != s["sha256"]:
+                    raise UserError(f"{url}: missing, changed or damaged since it was prepared (SHA-256 differs from {f}); {fix}")
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{f}: not a shard index ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
         self.split, self.workers = split, workers
@@ -175,5 +174,5 @@ class ShardedSplit:
                             f"{steps} were expected; prepare the dataset again")
 
 
-def is_sharded(prepared_dir: Path, split: str = "train") -> bool:
+def has_shards(prepared_dir: Path, split: str) -> bool:
     return index_file(prepared_dir, split).exists()
