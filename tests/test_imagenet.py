@@ -1,4 +1,4 @@
-"""ImageNet-100 from a generated ImageFolder of JPEGs, through the sharded path: fetch (the
+"""ImageNet-100 and ImageNet-1k from generated ImageFolders of JPEGs, through the sharded path: fetch (the
 class list checked) -> prepare (WebDataset shards, decoded in loader workers) -> one epoch of
 pretraining on streamed batches -> embedding -> evaluation, raw pixels included."""
 from __future__ import annotations
@@ -29,7 +29,10 @@ from conftest import PARAMS_YAML
 SIDE = 64  # generated images are resized to imagenet.SIZE by prepare; kept small here for speed
 
 
-def make_imagefolder(root, per_class=(2, 1), classes=imagenet.CLASSES):
+IN100 = imagenet.IMAGENET100
+
+
+def make_imagefolder(root, per_class=(2, 1), classes=IN100.CLASSES):
     """train/ and val/ with one folder per WordNet id; each image a flat colour (its class's),
     odd sizes so that prepare's resize and centre crop are exercised."""
     rng = np.random.default_rng(0)
@@ -41,7 +44,7 @@ def make_imagefolder(root, per_class=(2, 1), classes=imagenet.CLASSES):
             for i in range(n):
                 h, w = (40, 56) if i % 2 else (56, 40)
                 Image.fromarray(np.broadcast_to(colours[wnid], (h, w, 3)).copy()).save(root / folder / wnid / f"{wnid}_{i}.JPEG", quality=95)
-    (root / "train" / "n99999999").mkdir()  # a class of ImageNet-1k outside the 100: ignored
+    (root / "train" / "n99999999").mkdir()  # a folder of no listed class: ignored
     return colours
 
 
@@ -64,10 +67,44 @@ def params_for(tmp_path):
     return params
 
 
-def test_the_class_list_is_cmcs():
+def test_the_class_lists_are_cmcs_and_ilsvrc_2012s():
     text = "\n".join(imagenet.CMC_CLASSES) + "\n"
-    assert hashlib.sha256(text.encode()).hexdigest() == imagenet.CMC_CLASSES_SHA256
-    assert len(set(imagenet.CLASSES)) == 100 and all(c.startswith("n") and len(c) == 9 for c in imagenet.CLASSES)
+    assert hashlib.sha256(text.encode()).hexdigest() == imagenet.CMC_CLASSES_SHA256 == imagenet.list_hash(imagenet.CMC_CLASSES)
+    assert len(set(IN100.CLASSES)) == 100 and all(c.startswith("n") and len(c) == 9 for c in IN100.CLASSES)
+    in1k = imagenet.IMAGENET.CLASSES
+    assert len(set(in1k)) == 1000 and list(in1k) == sorted(in1k) and in1k[0] == "n01440764" and in1k[-1] == "n15075141"
+    assert set(IN100.CLASSES) < set(in1k)  # CMC's classes are ImageNet-1k's
+
+
+def test_a_changed_1k_class_list_is_refused(monkeypatch):
+    monkeypatch.setattr(imagenet, "IMAGENET_1K_SHA256", "0" * 64)
+    with pytest.raises(UserError, match="imagenet_synsets.txt: not ImageNet-1k's 1000 WordNet ids.*reinstall timm"):
+        imagenet.imagenet_1k_classes()
+
+
+def test_imagenet_1k_fetch_prepare_pretrain_evaluate_on_a_generated_imagefolder(tmp_path, monkeypatch, small_size):
+    """All 1000 classes, one image per class and split: the same sharded path as ImageNet-100."""
+    make_imagefolder(tmp_path / "imagenet", per_class=(1, 1), classes=imagenet.IMAGENET.CLASSES)
+    monkeypatch.setenv(imagenet.DIR_ENV, str(tmp_path / "imagenet"))
+    params = params_for(tmp_path)
+    params["dataset"] = "imagenet"
+    validate(params)
+    raw, prepared = paths.raw_dir(params, "imagenet"), paths.prepared_dir(params, "imagenet")
+    data.fetch("imagenet", raw)
+    data.prepare("imagenet", raw, prepared)
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert meta["splits"] == {"train": 1000, "test": 1000} and len(meta["classes"]) == 1000
+    assert np.bincount(data.load_prepared(prepared, "test").labels).tolist() == [1] * 1000
+    pretrain(params, "carl", 0, progress=False)
+    embed(params, "carl", 0)
+    for protocol in ("linear", "knn"):
+        result = json.loads(evaluate(params, protocol, "carl", 0).read_text())
+        assert result["num_test"] == 1000
+    with pytest.raises(UserError, match="1 of ImageNet-1k's 1000 class folders are missing"):
+        (tmp_path / "imagenet" / "val" / imagenet.IMAGENET.CLASSES[7] / f"{imagenet.IMAGENET.CLASSES[7]}_0.JPEG").unlink()
+        (tmp_path / "imagenet" / "val" / imagenet.IMAGENET.CLASSES[7]).rmdir()
+        data.fetch("imagenet", tmp_path / "raw2")
+    assert not (tmp_path / "raw2").exists()
 
 
 def test_fetch_prepare_pretrain_evaluate_on_a_generated_imagefolder(tmp_path, monkeypatch, small_size):
@@ -88,7 +125,7 @@ def test_fetch_prepare_pretrain_evaluate_on_a_generated_imagefolder(tmp_path, mo
     seen = np.zeros(len(test), dtype=bool)
     for idx, x in test.chunks():
         assert x.shape[1:] == (SIDE, SIDE, 3) and x.dtype == np.uint8
-        want = np.stack([colours[imagenet.CLASSES[y]] for y in test.labels[idx]]).astype(int)
+        want = np.stack([colours[IN100.CLASSES[y]] for y in test.labels[idx]]).astype(int)
         assert np.abs(x.reshape(len(x), -1, 3).mean(1) - want).max() < 4
         seen[idx] = True
     assert seen.all()
@@ -147,9 +184,9 @@ def test_each_process_reads_its_own_part_of_every_epoch(tmp_path, small_size):
 
 
 def test_a_missing_class_folder_is_named(tmp_path, monkeypatch):
-    make_imagefolder(tmp_path / "imagenet", per_class=(1, 1), classes=imagenet.CLASSES[1:])
+    make_imagefolder(tmp_path / "imagenet", per_class=(1, 1), classes=IN100.CLASSES[1:])
     monkeypatch.setenv(imagenet.DIR_ENV, str(tmp_path / "imagenet"))
-    with pytest.raises(UserError, match=f"1 of ImageNet-100's 100 class folders are missing \\(e.g. {imagenet.CLASSES[0]}"):
+    with pytest.raises(UserError, match=f"1 of ImageNet-100's 100 class folders are missing \\(e.g. {IN100.CLASSES[0]}"):
         data.fetch("imagenet100", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -169,7 +206,7 @@ def test_a_damaged_shard_or_image_is_refused(tmp_path, monkeypatch, small_size):
     shard.write_bytes(shard.read_bytes()[:-2000])
     with pytest.raises(UserError, match="SHA-256 differs"):
         data.load_prepared(tmp_path / "prepared", "train")
-    bad = next((tmp_path / "imagenet" / "val" / imagenet.CLASSES[3]).iterdir())
+    bad = next((tmp_path / "imagenet" / "val" / IN100.CLASSES[3]).iterdir())
     bad.write_bytes(b"not a jpeg")
     data.fetch("imagenet100", tmp_path / "raw2")
     with pytest.raises(UserError, match="cannot be read as an image"):

@@ -22,7 +22,8 @@ SOURCES = {
     "cifar100": cifar.CIFAR100,
     "cifar100_20": cifar.CIFAR100_20,
     "stl10": stl10,
-    "imagenet100": imagenet,
+    "imagenet": imagenet.IMAGENET,
+    "imagenet100": imagenet.IMAGENET100,
 }
 # sources with SHARDED = True provide prepare_into(raw_dir, out_dir) instead of load_raw: their
 # splits are written as shards (data/shards.py) and loaded as ShardedSplit

@@ -1,17 +1,20 @@
-"""ImageNet-100: the 100 ImageNet-1k classes of CMC (Tian et al. 2019, `imagenet100.txt` in
-HobbitLong/CMC), the subset solo-learn and the clustering papers pretrain on. ImageNet cannot be
-downloaded without an account, so the images come from an ImageFolder the user already has
-(`$CLUSTERSSL_IMAGENET_DIR`, with `train/` and `val/` holding one folder per WordNet id, as
-torchvision's ImageNet and most clusters lay it out); the 50-per-class validation set is the
-test split, as in the papers.
+"""ImageNet-1k (ILSVRC-2012, `imagenet`) and ImageNet-100 (`imagenet100`: the 100 classes of CMC,
+Tian et al. 2019, `imagenet100.txt` in HobbitLong/CMC, the subset solo-learn and the clustering
+papers pretrain on). ImageNet cannot be downloaded without an account, so the images come from
+an ImageFolder the user already has (`$CLUSTERSSL_IMAGENET_DIR`, with `train/` and `val/`
+holding one folder per WordNet id, as torchvision's ImageNet and most clusters lay it out); the
+50-per-class validation set is the test split, as in the papers.
 
 `prepare` decodes every image once (in worker processes), resizes its shorter side to 224 with
 bicubic interpolation, keeps the central 224 x 224 square and writes the result as WebDataset
-shards (data/shards.py): ImageNet-100's 126,689 train images would need 19 GB as one array.
-Deviation from solo-learn, written down in the preset: random crops are taken from that central
-square, not from the whole image."""
+shards (data/shards.py): ImageNet-100's 126,689 train images would need 19 GB as one array,
+ImageNet-1k's 1,281,167 would need 193 GB. Deviation from solo-learn, written down in the
+preset: random crops are taken from that central square, not from the whole image."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -36,44 +39,102 @@ n04229816 n02100583 n03642806 n04336792 n03259280 n02116738 n02108089 n03424325 
 """.split()
 # SHA-256 of the list above joined by newlines (with a final one): a test keeps it unchanged
 CMC_CLASSES_SHA256 = "79f3f1552ccc478ce24bd934b4573625db584ddc1f4643ae23c994a94cb11397"
-# labels follow ImageFolder's convention (sorted WordNet ids), as solo-learn's loaders give them
-CLASSES = tuple(sorted(CMC_CLASSES))
+# ImageNet-1k's 1000 WordNet ids, sorted, read from the copy timm ships (timm/data/_info/
+# imagenet_synsets.txt); this hash of them (joined by newlines, with a final one) also matches
+# the ILSVRC-2012 localisation challenge's LOC_synset_mapping.txt (checked 2026-12-03)
+IMAGENET_1K_SHA256 = "70002b0ff5de60a3a17a82dbfcff291931f96225ddf941ad2e182fc39e183d15"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SPLITS = {"train": "train", "test": "val"}
 MANIFEST = "files.json"
-SHARDED = True
 
 
-def list_class_images(folder: Path) -> list[tuple[str, int]]:
-    """(path relative to `folder`, label) of every image of the 100 classes, in a fixed order."""
-    missing = [c for c in CLASSES if not (folder / c).is_dir()]
-    if missing:
-        raise UserError(f"{folder}: {len(missing)} of ImageNet-100's 100 class folders are missing "
-                        f"(e.g. {', '.join(missing[:3])}); point ${DIR_ENV} at an ImageNet ImageFolder "
-                        "(train/ and val/ with one folder per WordNet id)")
-    out = []
-    for label, c in enumerate(CLASSES):
-        files = sorted(f.name for f in (folder / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UserError(f"{folder / c}: no images ({', '.join(IMAGE_SUFFIXES)}); the ImageFolder is incomplete")
-        out += [(f"{c}/{name}", label) for name in files]
-    return out
+def list_hash(classes) -> str:
+    return hashlib.sha256(("\n".join(classes) + "\n").encode()).hexdigest()
 
 
-def fetch(out_dir: Path) -> None:
-    """Record where the user's ImageNet is and which files are ImageNet-100's (nothing copied)."""
-    root = os.environ.get(DIR_ENV)
-    if not root:
-        raise UserError(f"imagenet100: ImageNet cannot be downloaded without an account; set ${DIR_ENV} to the "
-                        "folder holding ImageNet's train/ and val/ ImageFolders (one folder per WordNet id)")
-    root = Path(root).resolve()
-    manifest = {"root": str(root), "classes": list(CLASSES)}
-    for split, folder in SPLITS.items():
-        if not (root / folder).is_dir():
-            raise UserError(f"{root / folder}: not found; ${DIR_ENV} must hold train/ and val/ ImageFolders")
-        files = list_class_images(root / folder)
-        manifest[split] = [[f"{folder}/{rel}", label, (root / folder / rel).stat().st_size] for rel, label in files]
-    write_json(Path(out_dir) / MANIFEST, manifest)
+def imagenet_1k_classes() -> tuple[str, ...]:
+    """The 1000 classes of ILSVRC-2012 (timm's list, its hash checked): read without importing timm."""
+    spec = importlib.util.find_spec("timm")
+    path = Path(spec.origin).parent / "data" / "_info" / "imagenet_synsets.txt"
+    classes = tuple(path.read_text().split())
+    if list_hash(classes) != IMAGENET_1K_SHA256:
+        raise UserError(f"{path}: not ImageNet-1k's 1000 WordNet ids as clusterssl knows them (SHA-256 differs); "
+                        "reinstall timm (pip install --force-reinstall timm)")
+    return classes
+
+
+class ImageNetFolder:
+    """A set of ImageNet classes read from the user's ImageFolder; labels follow ImageFolder's
+    convention (sorted WordNet ids), as torchvision's and solo-learn's loaders give them."""
+
+    SHARDED = True  # data/__init__.py: prepare_into writes shards, loads give a ShardedSplit
+
+    def __init__(self, title: str, classes):
+        self.title = title
+        self._classes = classes  # a tuple, or a function giving one (read when first needed)
+
+    @functools.cached_property
+    def CLASSES(self) -> tuple[str, ...]:
+        return tuple(sorted(self._classes() if callable(self._classes) else self._classes))
+
+    @property
+    def SIZE(self) -> int:
+        return SIZE
+
+    def list_class_images(self, folder: Path) -> list[tuple[str, int]]:
+        """(path relative to `folder`, label) of every image of the classes, in a fixed order;
+        folders of other classes are ignored."""
+        missing = [c for c in self.CLASSES if not (folder / c).is_dir()]
+        if missing:
+            raise UserError(f"{folder}: {len(missing)} of {self.title}'s {len(self.CLASSES)} class folders are missing "
+                            f"(e.g. {', '.join(missing[:3])}); point ${DIR_ENV} at an ImageNet ImageFolder "
+                            "(train/ and val/ with one folder per WordNet id)")
+        out = []
+        for label, c in enumerate(self.CLASSES):
+            files = sorted(f.name for f in (folder / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise UserError(f"{folder / c}: no images ({', '.join(IMAGE_SUFFIXES)}); the ImageFolder is incomplete")
+            out += [(f"{c}/{name}", label) for name in files]
+        return out
+
+    def fetch(self, out_dir: Path) -> None:
+        """Record where the user's ImageNet is and which files are this subset's (nothing copied)."""
+        root = os.environ.get(DIR_ENV)
+        if not root:
+            raise UserError(f"{self.title}: ImageNet cannot be downloaded without an account; set ${DIR_ENV} to the "
+                            "folder holding ImageNet's train/ and val/ ImageFolders (one folder per WordNet id)")
+        root = Path(root).resolve()
+        manifest = {"root": str(root), "classes": list(self.CLASSES)}
+        for split, folder in SPLITS.items():
+            if not (root / folder).is_dir():
+                raise UserError(f"{root / folder}: not found; ${DIR_ENV} must hold train/ and val/ ImageFolders")
+            files = self.list_class_images(root / folder)
+            manifest[split] = [[f"{folder}/{rel}", label, (root / folder / rel).stat().st_size] for rel, label in files]
+        write_json(Path(out_dir) / MANIFEST, manifest)
+
+    def prepare_into(self, raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:
+        """Decode, resize and shard both splits into `out_dir`; returns {split: count}."""
+        import torch
+
+        from .shards import write_split
+
+        manifest = read_json(Path(raw_dir) / MANIFEST)
+        root = Path(manifest["root"])
+        workers = min(8, len(os.sched_getaffinity(0))) if workers is None else workers  # the CPUs this job may use
+        counts = {}
+        for split in SPLITS:
+            files = manifest[split]
+            for rel, _, size in files:
+                if not (root / rel).is_file() or (root / rel).stat().st_size != size:
+                    raise UserError(f"{root / rel}: missing or changed since `clusterssl data fetch`; fetch again")
+            # a fixed shuffle, so that every shard holds every class (shards are read in order)
+            order = np.random.default_rng(0).permutation(len(files))
+            files = [files[i] for i in order]
+            labels = np.array([label for _, label, _ in files], dtype=np.int64)
+            loader = torch.utils.data.DataLoader(_Decode(root, files), batch_size=None, num_workers=workers)
+            write_split(out_dir, split, _images(loader), labels)
+            counts[split] = len(files)
+        return counts
 
 
 class _Decode:
@@ -111,27 +172,5 @@ def _images(loader):
         yield x.numpy()
 
 
-def prepare_into(raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:
-    """Decode, resize and shard both splits into `out_dir`; returns {split: count}."""
-    import torch
-
-    from .shards import write_split
-
-    manifest = read_json(Path(raw_dir) / MANIFEST)
-    root = Path(manifest["root"])
-    workers = min(8, len(os.sched_getaffinity(0))) if workers is None else workers  # the CPUs this job may use
-    counts = {}
-    for split in SPLITS:
-        files = manifest[split]
-        for rel, _, size in files:
-            if not (root / rel).is_file() or (root / rel).stat().st_size != size:
-                raise UserError(f"{root / rel}: missing or changed since `clusterssl data fetch imagenet100`; fetch again")
-        # a fixed shuffle, so that every shard holds every class (shards are read in order)
-        order = np.random.default_rng(0).permutation(len(files))
-        files = [files[i] for i in order]
-        labels = np.array([label for _, label, _ in files], dtype=np.int64)
-        loader = torch.utils.data.DataLoader(_Decode(root, files), batch_size=None, num_workers=workers)
-        write_split(out_dir, split, _images(loader), labels)
-        counts[split] = len(files)
-    return counts
-
+IMAGENET = ImageNetFolder("ImageNet-1k", imagenet_1k_classes)
+IMAGENET100 = ImageNetFolder("ImageNet-100", CMC_CLASSES)

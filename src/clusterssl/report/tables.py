@@ -13,7 +13,7 @@ from ..io import write_text
 METHOD_NAMES = {"CARL": "carl", "CoKe": "coke", "CueCo": "cueco", "CC": "cc", "CADC": "cadc", "SimCLR": "simclr",
                 "SwAV": "swav", "BYOL": "byol", "MoCoV2+": "moco_v2", "kmeans-raw-pixels": "raw_pixels"}
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "digits": "digits (8x8)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
-                 "cifar100_20": "CIFAR-100 (20 superclasses)", "stl10": "STL-10", "imagenet100": "ImageNet-100"}
+                 "cifar100_20": "CIFAR-100 (20 superclasses)", "stl10": "STL-10", "imagenet": "ImageNet-1k", "imagenet100": "ImageNet-100"}
 FULL_RESNET = {"resnet18": ([2, 2, 2, 2], [64, 128, 256, 512]), "resnet34": ([3, 4, 6, 3], [64, 128, 256, 512])}
 CARL_MISSING = "published value not available (CARL's tables are in no source reachable here; never filled from memory)"
 
