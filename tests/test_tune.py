@@ -106,11 +106,23 @@ def test_a_candidate_with_a_bad_key_is_refused_before_any_training(tmp_path, dig
         tune.run_search(digits, search, "simclr", threads=1)
 
 
-def test_the_repository_search_gives_every_method_the_same_number_of_candidates():
-    search = tune.load_search(ROOT / "config/search.yaml")
+@pytest.mark.parametrize("round_", ["round1", "round2"])
+def test_each_round_of_the_repository_search_gives_every_method_the_same_candidates_on_the_same_proxy(round_):
+    search = tune.load_search(ROOT / f"config/search/{round_}.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(search["methods"]) == set(paths.ALL_METHODS)
+    assert search["proxy"] == tune.load_search(ROOT / "config/search/round1.yaml")["proxy"]
     for method, candidates in search["methods"].items():
-        assert len(candidates) == search["candidates"]
+        assert len(candidates) == search["candidates"] and candidates[0] == {}  # the preset first, then the steps
         for overrides in candidates:
-            tune.with_overrides(params, method, overrides, "config/search.yaml")  # every candidate is valid params
+            tune.with_overrides(params, method, overrides, f"config/search/{round_}.yaml")  # every candidate is valid params
+
+
+def test_rounds_keep_their_own_tables_and_share_the_proxy_data(tmp_path, digits):
+    search = _search(tmp_path, {"carl": [{}]}, candidates=1)
+    first = tune.run_search(digits, search, "carl", threads=1, source="config/search/round1.yaml")
+    second = tune.run_search(digits, search, "carl", threads=1, source="config/search/round2.yaml")
+    tuning = paths.results_dir(digits) / "tuning" / "digits"
+    assert first == tuning / "round1" / "carl.csv" and second == tuning / "round2" / "carl.csv"
+    assert (tuning / "data").is_dir() and not (tuning / "round1" / "data").exists()
+    assert pd.read_csv(first)["holdout_linear_top1"].tolist() == pd.read_csv(second)["holdout_linear_top1"].tolist()

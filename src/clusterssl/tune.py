@@ -4,10 +4,11 @@ proxy, scored by the same metric, before its default is fixed.
 The proxy holds `holdout` images of the train split out (a fixed seeded draw), pretrains on
 `pretrain_images` of the others for `epochs` epochs with the preset's backbone, and scores the
 frozen encoder by the linear probe's top-1 on the held-out images (the probe is fitted on
-`probe_images` of the others). The test split is never read. The search file
-(`config/search.yaml`) lists each method's candidates as overrides of its params, dotted keys
+`probe_images` of the others). The test split is never read. A search file
+(`config/search/round<N>.yaml`, one per round) lists each method's candidates as overrides of its params, dotted keys
 under `method_params.<method>` (`temperature`, `augment.crop_scale`, `pretrain.lr`, ...); every
-method must list the same number. Results go to `<results>/tuning/<dataset>/<method>.{csv,md}`;
+method must list the same number. Results go to `<results>/tuning/<dataset>/<round>/<method>.{csv,md}`
+(`<round>`: the search file's name without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`;
 each row records the fingerprint of what it scored (the resolved recipe, backbone, probe, proxy),
 so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
 (say, a winner adopted), `{}` means the new preset and is scored again."""
@@ -105,10 +106,11 @@ def run_search(params: dict, search: dict, method: str, threads: int | None = No
     if method not in search["methods"]:
         raise UserError(f"{source}: no candidates for '{method}' under 'methods'")
     proxy, seed = search["proxy"], search["proxy"]["seed"]
-    out = paths.results_dir(params) / "tuning" / params["dataset"]
+    tuning = paths.results_dir(params) / "tuning" / params["dataset"]
+    out = tuning / Path(source).stem  # one folder per round (search file)
     csv = out / f"{method}.csv"
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["candidate", "overrides", "fingerprint"])
-    data_dir = proxy_data(params, proxy, out)
+    data_dir = proxy_data(params, proxy, tuning)  # every round scores on the same proxy data
     rows = done.to_dict("records")
     candidates = [with_overrides(params, method, o, source) for o in search["methods"][method]]  # all valid before any training
     for i, overrides in enumerate(search["methods"][method]):
