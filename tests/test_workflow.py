@@ -191,6 +191,11 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     assert {j["rule"] for j in jobs} == {"pretrain", "embed", "evaluate", "transfer", "semisup", "report"}
     assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
 
+    # another preset (its own results folder) shares data/: it fetches, prepares and splits nothing again
+    other = preset_in(workdir, name="params.other.yaml", paths__results=str(workdir / "results-other"))
+    jobs = [j for j in snakemake_jobs(workdir, other, *TINY_OVERRIDE) if j["cmd"]]
+    assert "pretrain" in {j["rule"] for j in jobs} and not {j["rule"] for j in jobs} & {"fetch", "prepare", "split"}
+
 
 @pytest.mark.e2e
 @needs_fashion_mnist

@@ -2,7 +2,8 @@
 key encoder gives for another view of the same image, against a queue of earlier keys.
 
 Follows the paper; settings from solo-learn's CIFAR config (tau 0.2, EMA 0.99 -> 1 with a
-cosine schedule, symmetrised over the two views). As in solo-learn there is one queue per view,
+cosine schedule, symmetrised over the two views); the Fashion-MNIST presets use tau 0.1,
+the winner of round 2 of the equal search (docs/tuning.md). As in solo-learn there is one queue per view,
 each starting full of random unit keys: view 1's queries are contrasted with earlier view-2 keys
 and view 2's with earlier view-1 keys, then each view's keys join its own queue (`queue_size`
 keys per view). Single-device runs
@@ -20,7 +21,10 @@ from .common import EMATeacher, Queue, info_nce
 
 @register("moco_v2")
 class MoCoV2(Method):
-    provenance = "paper: InfoNCE with an EMA key encoder and a key queue; settings from solo-learn's CIFAR config"
+    provenance = (
+        "paper: InfoNCE with an EMA key encoder and a key queue; settings from solo-learn's CIFAR config; "
+        "in the Fashion-MNIST presets tau 0.1, not 0.2 (round 2 of the equal search)"
+    )
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)
