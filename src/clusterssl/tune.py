@@ -5,11 +5,11 @@ The proxy holds `holdout` images of the train split out (a fixed seeded draw), p
 `pretrain_images` of the others for `epochs` epochs with the preset's backbone, and scores the
 frozen encoder by the linear probe's top-1 on the held-out images (the probe is fitted on
 `probe_images` of the others). The test split is never read. A search file
-(`config/search/round<N>.yaml`, one per round) lists each method's candidates as overrides of its params, dotted keys
-under `method_params.<method>` (`temperature`, `augment.crop_scale`, `pretrain.lr`, ...); every
-method must list the same number. Results go to `<results>/tuning/<dataset>/<round>/<method>.{csv,md}`
-(`<round>`: the search file's name without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`;
-each row records the fingerprint of what it scored (the resolved recipe, backbone, probe, proxy),
+(`config/search/round<N>.yaml`, one per round) lists each method's candidates as overrides of
+its params, dotted keys under `method_params.<method>` (`temperature`, `augment.crop_scale`,
+`pretrain.lr`, ...); every method must list the same number. Results go to
+`<results>/tuning/<dataset>/<round>/<method>.{csv,md}` (`<round>`: the search file's name
+without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`; each row records the fingerprint of what it scored (the resolved recipe, backbone, probe, proxy),
 so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
 (say, a winner adopted), `{}` means the new preset and is scored again."""
 from __future__ import annotations

@@ -86,3 +86,13 @@ def gpus():
 
 GPUS = gpus()
 EVAL_GPUS = min(GPUS, 1)  # evaluation runs in one process
+
+
+def params_file(wildcards, output):
+    """The merged params file, given to the data rules as a function of their outputs.
+    data/ is shared by every preset while this file lives in the preset's results folder;
+    Snakemake re-runs a job whose params differ from its last run's, except params that are
+    functions of the job's files. So another preset does not fetch and prepare again (which
+    would outdate every result of the first); what these rules read from the file,
+    paths.data, is still compared through `stage`."""
+    return PARAMS

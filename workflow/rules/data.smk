@@ -1,14 +1,8 @@
-# data/ is shared by every preset, while the merged params file lives in the preset's results
-# folder. Snakemake re-runs a job whose params differ from the last run's, except params that
-# are functions of the job's files: so the file is passed as one, and another preset does not
-# fetch and prepare again (which would outdate every result of the first). What these rules
-# read from it, paths.data, is compared through `stage`.
-
 rule fetch:
     output:
         directory(str(paths.raw_dir(config, "{dataset}"))),
     params:
-        file=lambda wildcards, output: PARAMS,
+        file=params_file,
         stage=stage_params(config, "fetch"),
     log:
         log_file("fetch/{dataset}"),
@@ -31,7 +25,7 @@ rule prepare:
     output:
         [str(p) for p in paths.prepared_files(config, "{dataset}")],
     params:
-        file=lambda wildcards, output: PARAMS,
+        file=params_file,
         stage=stage_params(config, "prepare"),
     log:
         log_file("prepare/{dataset}"),
@@ -63,7 +57,7 @@ rule split:
     output:
         str(paths.split_file(config, "{dataset}", "{fraction}", "{seed}")),
     params:
-        file=lambda wildcards, output: PARAMS,
+        file=params_file,
         stage=stage_params(config, "split"),
     log:
         log_file("split/{dataset}_{fraction}_seed{seed}"),

@@ -69,13 +69,13 @@ class ImageNetFolder:
 
     SHARDED = True  # data/__init__.py: prepare_into writes shards, loads give a ShardedSplit
 
-    def __init__(self, title: str, classes):
+    def __init__(self, title: str, read_classes):
         self.title = title
-        self._classes = classes  # a tuple, or a function giving one (read when first needed)
+        self._read_classes = read_classes  # called when the classes are first needed
 
     @functools.cached_property
     def CLASSES(self) -> tuple[str, ...]:
-        return tuple(sorted(self._classes() if callable(self._classes) else self._classes))
+        return tuple(sorted(self._read_classes()))
 
     @property
     def SIZE(self) -> int:
@@ -173,4 +173,4 @@ def _images(loader):
 
 
 IMAGENET = ImageNetFolder("ImageNet-1k", imagenet_1k_classes)
-IMAGENET100 = ImageNetFolder("ImageNet-100", CMC_CLASSES)
+IMAGENET100 = ImageNetFolder("ImageNet-100", lambda: CMC_CLASSES)

@@ -2,7 +2,8 @@
 
 Three views per image: the clean (un-augmented) image x and two augmented views.
 - Instance loss: NT-Xent between the two augmented views' projections (tau 0.5 as in CC's
-  code; the Fashion-MNIST presets use 0.2, the winner of round 2 of the equal search (docs/tuning.md)).
+  code; the Fashion-MNIST presets use 0.2, the winner of round 2 of the equal search,
+  docs/tuning.md).
 - Learnable centres mu (K x dim(h)) in backbone-feature space, placed by k-means on the
   backbone's features of the training set (the paper: the untrained backbone's); soft
   assignment by a Student-t kernel (DEC): q_ik ~ (1 + ||h_i - mu_k||^2)^-1.

@@ -10,9 +10,9 @@ usage to uniform) so that no cluster is empty.
 classes; the cluster of an image is the argmax of the cluster head. The authors train with Adam
 (lr 3e-4, no weight decay, crops of scale 0.08-1) for 1000 epochs; in the presets' 10-epoch
 budget that recipe lost to the shared SGD recipe by 4.6-8.9 points in the equal search
-(docs/tuning.md), so CC trains with SGD here: a deviation, stated in the report. The Fashion-MNIST
-presets also use tau_C = 0.5, the winner of round 2 of the equal search (docs/tuning.md). Otherwise nothing
-assumed beyond the scaled-down head width."""
+(docs/tuning.md), so CC trains with SGD here: a deviation, stated in the report. The
+Fashion-MNIST presets also use tau_C = 0.5, the winner of round 2 of the equal search
+(docs/tuning.md). Otherwise nothing assumed beyond the scaled-down head width."""
 from __future__ import annotations
 
 import torch

@@ -12,7 +12,8 @@ are trained this way, for every head.
 
 [code] two-view variant of the authors' code: T = 0.05, alpha = 0.2, eta = 20, gamma = 0.4,
 3-layer projector ending in BatchNorm, 2-layer predictor, several heads. The Fashion-MNIST
-presets use alpha = 0.5, the winner of round 2 of the equal search (docs/tuning.md), by 0.01 points.
+presets use alpha = 0.5, the winner of round 2 of the equal search (docs/tuning.md), by 0.01
+points.
 [assumed] K per head scaled down to small data (`num_clusters`; the first head is the one
 scored as the method's cluster head); in the first epoch, when there are no previous-epoch
 labels or centres yet, the targets are this batch's online labels and the logits use the

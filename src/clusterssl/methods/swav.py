@@ -8,7 +8,9 @@ Follows the paper; settings from solo-learn's CIFAR config: eps 0.05, 3 Sinkhorn
 tau 0.1, prototypes renormalised after every step and frozen (no gradient) for the first
 `freeze_prototypes_epochs`, an optional queue of earlier projections that joins the Sinkhorn
 batch once full (`queue_size: 0` turns it off). K is scaled down on small data (3000 on
-ImageNet-scale data). The Fashion-MNIST presets use tau 0.2, the winner of round 2 of the equal search (docs/tuning.md), by 0.01 points. Multi-crop local views, when configured, predict the global views' codes."""
+ImageNet-scale data). The Fashion-MNIST presets use tau 0.2, the winner of round 2 of the equal
+search (docs/tuning.md), by 0.01 points. Multi-crop local views, when configured, predict the
+global views' codes."""
 from __future__ import annotations
 
 import torch
