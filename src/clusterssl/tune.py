@@ -11,7 +11,13 @@ its params, dotted keys under `method_params.<method>` (`temperature`, `augment.
 `<results>/tuning/<dataset>/<round>/<method>.{csv,md}` (`<round>`: the search file's name
 without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`; each row records the fingerprint of what it scored (the resolved recipe, backbone, probe, proxy),
 so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
-(say, a winner adopted), `{}` means the new preset and is scored again."""
+(say, a winner adopted), `{}` means the new preset and is scored again. A run with the same
+fingerprint scored by another round is not trained again: its scores are copied.
+
+`proxy.train_seeds` (optional; default `[seed]`) trains every candidate once per seed; the
+held-out draw stays that of `seed`. With more than one seed, candidate 0 is the baseline and
+another candidate replaces it only when its mean gain over the seeds, paired by seed, exceeds
+twice its standard error (`decide`)."""
 from __future__ import annotations
 
 import copy
@@ -29,14 +35,19 @@ from .config import fingerprint, read_yaml_mapping, validate
 from .io import UserError, atomic_dir, read_json, write_text
 
 PROXY_KEYS = {"holdout", "pretrain_images", "epochs", "probe_images", "seed"}
+NOISE_SE = 2.0  # a candidate replaces the baseline when its mean paired gain exceeds this many standard errors
 
 
 def load_search(path: str | Path) -> dict:
     search = read_yaml_mapping(path, "search")
     if set(search) != {"proxy", "candidates", "methods"}:
         raise UserError(f"{path}: expected exactly the keys proxy, candidates and methods")
-    if set(search["proxy"]) != PROXY_KEYS or not all(isinstance(v, int) and v >= 0 for v in search["proxy"].values()):
-        raise UserError(f"{path}: 'proxy' needs the integer keys {', '.join(sorted(PROXY_KEYS))}")
+    proxy = search["proxy"]
+    if set(proxy) - {"train_seeds"} != PROXY_KEYS or not all(isinstance(proxy[k], int) and proxy[k] >= 0 for k in PROXY_KEYS):
+        raise UserError(f"{path}: 'proxy' needs the integer keys {', '.join(sorted(PROXY_KEYS))} (and optionally train_seeds)")
+    seeds = proxy.get("train_seeds", [proxy["seed"]])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(v, int) and v >= 0 for v in seeds) and len(set(seeds)) == len(seeds)):
+        raise UserError(f"{path}: 'proxy.train_seeds' must be a list of distinct non-negative integers, e.g. [0, 1, 2]")
     for method, candidates in search["methods"].items():
         if method not in paths.ALL_METHODS:
             raise UserError(f"{path}: 'methods.{method}' is not a method; choose from {', '.join(paths.ALL_METHODS)}")
@@ -98,65 +109,125 @@ def proxy_params(params: dict, proxy: dict, data_dir: Path, run_dir: Path) -> di
 
 
 def run_search(params: dict, search: dict, method: str, threads: int | None = None, source: str = "search") -> Path:
-    """Score every candidate of `method` on the proxy; write the table; return the CSV's path."""
-    from .evaluate.features import embed
-    from .evaluate.run import evaluate
-    from .train import pretrain, pretrain_config
+    """Score every candidate of `method` on the proxy, once per training seed; write the table;
+    return the CSV's path."""
+    from .train import pretrain_config
 
     if method not in search["methods"]:
         raise UserError(f"{source}: no candidates for '{method}' under 'methods'")
-    proxy, seed = search["proxy"], search["proxy"]["seed"]
+    proxy = search["proxy"]
+    held_out = {k: proxy[k] for k in PROXY_KEYS}  # what the fingerprint names: the same as before train_seeds existed
     tuning = paths.results_dir(params) / "tuning" / params["dataset"]
     out = tuning / Path(source).stem  # one folder per round (search file)
     csv = out / f"{method}.csv"
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["candidate", "overrides", "fingerprint"])
     data_dir = proxy_data(params, proxy, tuning)  # every round scores on the same proxy data
-    rows = done.to_dict("records")
+    rows = _read_rows(csv, proxy["seed"])
+    scored = {r["fingerprint"]: r for f in sorted(tuning.glob(f"*/{method}.csv")) for r in _read_rows(f, proxy["seed"])}
     candidates = [with_overrides(params, method, o, source) for o in search["methods"][method]]  # all valid before any training
-    for i, overrides in enumerate(search["methods"][method]):
-        run_dir = out / method / str(i)
-        p = proxy_params(candidates[i], proxy, data_dir, run_dir)
-        # what the score depends on; the data folder and run dir are left out (same run wherever it lives)
-        run = fingerprint({**pretrain_config(p, method), "eval": p["eval"], "proxy": proxy})
-        if any(r["candidate"] == i and r.get("fingerprint") == run for r in rows):
-            continue
-        t0 = time.time()
-        pretrain(p, method, seed, threads=threads, progress=False)
-        seconds = time.time() - t0
-        embed(p, method, seed, threads=threads)
-        metrics = {e: read_json(evaluate(p, e, method, seed, threads=threads)) for e in ("linear", "knn")}
-        rows = [r for r in rows if r["candidate"] != i] + [{
-            "candidate": i, "overrides": json.dumps(overrides, sort_keys=True), "fingerprint": run,
-            "holdout_linear_top1": round(100 * metrics["linear"]["metrics"]["top1"], 2),
-            "holdout_knn20_top1": round(100 * metrics["knn"]["metrics"].get("k20_top1", np.nan), 2),
-            "pretrain_seconds": round(seconds, 1),
-        }]
-        write_text(csv, pd.DataFrame(rows).sort_values("candidate").to_csv(index=False))
-        shutil.rmtree(run_dir)  # checkpoints and features: tens of MB a candidate; the scores are kept
-    table = pd.DataFrame(rows).sort_values("candidate").reset_index(drop=True)
+    for seed in proxy.get("train_seeds", [proxy["seed"]]):
+        for i, overrides in enumerate(search["methods"][method]):
+            p = proxy_params(candidates[i], proxy, data_dir, out / method / f"{i}-seed{seed}")
+            # what the score depends on; the data folder and run dir are left out (same run wherever it lives)
+            run = fingerprint({**pretrain_config(p, method), "eval": p["eval"], "proxy": held_out,
+                               **({"train_seed": seed} if seed != proxy["seed"] else {})})
+            if any(r["candidate"] == i and r["seed"] == seed and r["fingerprint"] == run for r in rows):
+                continue
+            scores = _scores(scored[run]) if run in scored else _score(p, method, seed, threads)
+            row = {"candidate": i, "seed": seed, "overrides": json.dumps(overrides, sort_keys=True), "fingerprint": run, **scores}
+            rows = [r for r in rows if (r["candidate"], r["seed"]) != (i, seed)] + [row]
+            write_text(csv, pd.DataFrame(rows).sort_values(["candidate", "seed"]).to_csv(index=False))
+    table = pd.DataFrame(rows).sort_values(["candidate", "seed"]).reset_index(drop=True)
     write_text(out / f"{method}.md", markdown(table, params, method, proxy))
     return csv
+
+
+def _read_rows(csv: Path, default_seed: int) -> list[dict]:
+    """A round's rows; tables written before train_seeds existed hold the proxy seed's runs."""
+    if not csv.exists():
+        return []
+    table = pd.read_csv(csv)
+    if "seed" not in table:
+        table.insert(1, "seed", default_seed)
+    if "fingerprint" not in table:
+        table["fingerprint"] = ""
+    return table.fillna({"fingerprint": ""}).to_dict("records")
+
+
+def _scores(row: dict) -> dict:
+    return {k: row[k] for k in ("holdout_linear_top1", "holdout_knn20_top1", "pretrain_seconds")}
+
+
+def _score(p: dict, method: str, seed: int, threads: int | None) -> dict:
+    """Pretrain one candidate on the proxy and score it on the held-out images."""
+    from .evaluate.features import embed
+    from .evaluate.run import evaluate
+    from .train import pretrain
+
+    t0 = time.time()
+    pretrain(p, method, seed, threads=threads, progress=False)
+    seconds = time.time() - t0
+    embed(p, method, seed, threads=threads)
+    metrics = {e: read_json(evaluate(p, e, method, seed, threads=threads)) for e in ("linear", "knn")}
+    shutil.rmtree(paths.results_dir(p))  # checkpoints and features: tens of MB a candidate; the scores are kept
+    return {
+        "holdout_linear_top1": round(100 * metrics["linear"]["metrics"]["top1"], 2),
+        "holdout_knn20_top1": round(100 * metrics["knn"]["metrics"].get("k20_top1", np.nan), 2),
+        "pretrain_seconds": round(seconds, 1),
+    }
+
+
+def decide(table: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate: mean held-out linear and k-NN20 over its seeds and, against candidate 0 on the
+    same seeds, the mean gain and its standard error. With one seed the best mean wins; with
+    several, the best mean replaces candidate 0 only when its gain exceeds NOISE_SE standard errors."""
+    by = table.pivot(index="seed", columns="candidate", values="holdout_linear_top1")
+    out = table.groupby("candidate").agg(linear=("holdout_linear_top1", "mean"), knn20=("holdout_knn20_top1", "mean"),
+                                         seeds=("seed", "size"), seconds=("pretrain_seconds", "mean"))
+    gain = by.sub(by[0], axis=0) if 0 in by else by * np.nan
+    out["gain"] = gain.mean()
+    out["gain_se"] = gain.std(ddof=1) / np.sqrt(gain.count()) if len(by) > 1 else np.nan
+    best = out["linear"].idxmax()
+    if len(by) > 1 and best != 0 and not out.loc[best, "gain"] > NOISE_SE * out.loc[best, "gain_se"]:
+        best = 0
+    out["chosen"] = out.index == best
+    return out
 
 
 def markdown(table: pd.DataFrame, params: dict, method: str, proxy: dict) -> str:
     from .train import pretrain_config
 
-    best = table["holdout_linear_top1"].idxmax()
     cfg = pretrain_config(params, method)
     t = cfg["pretrain"]
+    seeds = sorted(table["seed"].unique())
+    overrides = table.drop_duplicates("candidate").set_index("candidate")["overrides"]
+    decision = decide(table)
+    several = len(seeds) > 1
     lines = [
         f"### {method}",
         "",
         f"Proxy: {proxy['pretrain_images']} pretraining images, {proxy['epochs']} epochs; score: linear top-1 on "
-        f"{proxy['holdout']} held-out train images (probe fitted on {proxy['probe_images']} others); seed {proxy['seed']}. "
-        f"The preset's recipe: {t['optimizer']} lr {t['lr']} (per 256), weight decay {t['weight_decay']}, batch {t['batch_size']}, "
+        f"{proxy['holdout']} held-out train images (probe fitted on {proxy['probe_images']} others); "
+        + (f"training seeds {', '.join(map(str, seeds))}, held-out draw of seed {proxy['seed']}. " if several else f"seed {proxy['seed']}. ")
+        + f"The preset's recipe: {t['optimizer']} lr {t['lr']} (per 256), weight decay {t['weight_decay']}, batch {t['batch_size']}, "
         f"crop scale {cfg['augment']['crop_scale']}; method params {cfg['method_params']}.",
         "",
-        "| # | overrides of the preset | held-out linear | held-out k-NN20 | pretraining s |",
-        "|---|---|---|---|---|",
     ]
-    for idx, r in table.iterrows():
-        mark = "**" if idx == best else ""
-        overrides = ", ".join(f"`{k}: {v}`" for k, v in json.loads(r["overrides"]).items()) or "the preset's recipe"
-        lines.append(f"| {r['candidate']} | {overrides} | {mark}{r['holdout_linear_top1']:.2f}{mark} | {r['holdout_knn20_top1']:.2f} | {r['pretrain_seconds']:.0f} |")
+    if several:
+        lines += [
+            f"Chosen (bold): candidate 0 unless another's mean gain over it, paired by seed, exceeds {NOISE_SE:g} standard errors.",
+            "",
+            "| # | overrides of the preset | held-out linear, mean | per seed | gain over #0 ± s.e. | held-out k-NN20, mean | pretraining s, mean |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += ["| # | overrides of the preset | held-out linear | held-out k-NN20 | pretraining s |", "|---|---|---|---|---|"]
+    for i, r in decision.iterrows():
+        mark = "**" if r["chosen"] else ""
+        names = ", ".join(f"`{k}: {v}`" for k, v in json.loads(overrides[i]).items()) or "the preset's recipe"
+        if several:
+            per_seed = " / ".join(f"{v:.2f}" for v in table[table["candidate"] == i].sort_values("seed")["holdout_linear_top1"])
+            gain = "–" if i == 0 else f"{r['gain']:+.2f} ± {r['gain_se']:.2f}"
+            lines.append(f"| {i} | {names} | {mark}{r['linear']:.2f}{mark} | {per_seed} | {gain} | {r['knn20']:.2f} | {r['seconds']:.0f} |")
+        else:
+            lines.append(f"| {i} | {names} | {mark}{r['linear']:.2f}{mark} | {r['knn20']:.2f} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
