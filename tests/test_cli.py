@@ -376,3 +376,9 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
     assert_user_error(rc, err)
     assert str(bad) in err and "not valid YAML" in err and re.search(r"line \d", err), err
     assert not (tmp_path / "results").exists()
+
+
+def test_tune_names_the_search_file_it_needs(capsys, write_params):
+    rc, _, err = run(capsys, write_params(), "tune", "--method", "carl")
+    assert_user_error(rc, err)
+    assert "--search" in err

@@ -89,6 +89,8 @@ def test_a_search_scores_each_candidate_on_the_held_out_images_and_resumes(tmp_p
         (lambda s: s["methods"].update(nosuch=[{}, {}]), r"'methods.nosuch' is not a method"),
         (lambda s: s["proxy"].pop("holdout"), r"'proxy' needs the integer keys"),
         (lambda s: s.update(extra=1), r"expected exactly the keys proxy, candidates and methods"),
+        (lambda s: s["proxy"].update(train_seeds=[0, 0]), r"'proxy.train_seeds' must be a list of distinct non-negative integers"),
+        (lambda s: s["proxy"].update(train_seeds=3), r"'proxy.train_seeds' must be a list"),
     ],
 )
 def test_a_bad_search_file_is_one_clear_error(tmp_path, edit, message):
@@ -107,7 +109,7 @@ def test_a_candidate_with_a_bad_key_is_refused_before_any_training(tmp_path, dig
 
 
 @pytest.mark.parametrize("round_", ["round1", "round2"])
-def test_each_round_of_the_repository_search_gives_every_method_the_same_candidates_on_the_same_proxy(round_):
+def test_each_search_round_gives_every_method_the_same_candidates_on_the_same_proxy(round_):
     search = tune.load_search(ROOT / f"config/search/{round_}.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(search["methods"]) == set(paths.ALL_METHODS)
@@ -126,3 +128,57 @@ def test_rounds_keep_their_own_tables_and_share_the_proxy_data(tmp_path, digits)
     assert first == tuning / "round1" / "carl.csv" and second == tuning / "round2" / "carl.csv"
     assert (tuning / "data").is_dir() and not (tuning / "round1" / "data").exists()
     assert pd.read_csv(first)["holdout_linear_top1"].tolist() == pd.read_csv(second)["holdout_linear_top1"].tolist()
+
+
+def test_a_run_scored_by_another_round_is_copied_and_other_seeds_are_trained(tmp_path, digits, monkeypatch):
+    import clusterssl.train as train
+
+    one = _search(tmp_path, {"carl": [{}]}, candidates=1)
+    tune.run_search(digits, one, "carl", threads=1, source="round1.yaml")
+    calls = []
+    original = train.pretrain
+    monkeypatch.setattr(train, "pretrain", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    seeds = _search(tmp_path, {"carl": [{}, {"temperature": 0.2}]})
+    seeds["proxy"] = {**PROXY, "train_seeds": [0, 1]}
+    csv = tune.run_search(digits, seeds, "carl", threads=1, source="round2.yaml")
+    assert sorted(calls) == [0, 1, 1]  # candidate 0 on seed 0 is round 1's run: copied
+    table = pd.read_csv(csv)
+    assert [(r.candidate, r.seed) for r in table.itertuples()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    first = pd.read_csv(tmp_path / "results" / "tuning" / "digits" / "round1" / "carl.csv")
+    assert table["holdout_linear_top1"][0] == first["holdout_linear_top1"][0]
+    assert table["fingerprint"][0] == first["fingerprint"][0] and table["fingerprint"].nunique() == 4
+    md = csv.with_suffix(".md").read_text()
+    assert "training seeds 0, 1, held-out draw of seed 0" in md and "gain over #0" in md
+
+
+def _table(scores: dict[int, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"candidate": c, "seed": s, "holdout_linear_top1": v, "holdout_knn20_top1": v, "pretrain_seconds": 1.0}
+                         for c, values in scores.items() for s, v in enumerate(values)])
+
+
+def test_with_several_seeds_a_candidate_replaces_candidate_0_only_beyond_twice_its_standard_error():
+    steady = tune.decide(_table({0: [80.0, 81.0, 82.0], 1: [80.3, 81.3, 82.3]}))  # +0.3 on every seed: s.e. 0
+    assert steady["chosen"].tolist() == [False, True] and steady.loc[1, "gain"] == pytest.approx(0.3)
+    # gains +0.5, -0.2, +0.3: mean 0.2, s.e. sqrt(0.13 / 3) = 0.208; 0.2 < 2 x 0.208 keeps candidate 0
+    noisy = tune.decide(_table({0: [80.0, 81.0, 82.0], 1: [80.5, 80.8, 82.3]}))
+    assert noisy.loc[1, "gain"] == pytest.approx(0.2) and noisy.loc[1, "gain_se"] == pytest.approx(np.sqrt(0.13 / 3))
+    assert noisy["chosen"].tolist() == [True, False]
+    # the best mean is the one tested: here candidate 2, a clear gain
+    assert tune.decide(_table({0: [80.0, 81.0, 82.0], 1: [81.0, 80.0, 82.0], 2: [81.0, 82.0, 83.1]}))["chosen"].tolist() == [False, False, True]
+    # one seed: the best score wins, however small the margin (rounds 1 and 2)
+    assert tune.decide(_table({0: [80.0], 1: [80.01]}))["chosen"].tolist() == [False, True]
+
+
+def test_round_3_checks_each_of_round_2s_changes_against_the_recipe_it_replaced_with_three_seeds():
+    search = tune.load_search(ROOT / "config/search/round3.yaml")
+    round2 = tune.load_search(ROOT / "config/search/round2.yaml")
+    assert {k: v for k, v in search["proxy"].items() if k != "train_seeds"} == round2["proxy"]
+    assert search["proxy"]["train_seeds"] == [0, 1, 2]
+    assert set(search["methods"]) == set(paths.ALL_METHODS) - {"simclr", "byol"}  # round 2 kept their recipes
+    for name in ("params.yaml", "config/presets/fmnist-all.yaml"):
+        params = yaml.safe_load((ROOT / name).read_text())
+        for method, (before, now) in search["methods"].items():
+            assert now == {}  # round 2's adoption is the preset
+            changed = tune.with_overrides(params, method, before, "round3.yaml")["method_params"][method]
+            # candidate 0 undoes exactly one key, to a value round 2 started from
+            assert [k for k in changed if changed[k] != params["method_params"][method][k]] == list(before)

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tune", help="score a method's candidate recipes on the held-out proxy (equal budget per method)")
     s.add_argument("--method", required=True, choices=ALL_METHODS)
-    s.add_argument("--search", default="config/search/round2.yaml", help="proxy and candidates, one file per round (default: the latest, config/search/round2.yaml)")
+    s.add_argument("--search", required=True, help="proxy and candidates: one file per round, e.g. config/search/round3.yaml")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     s.set_defaults(fn=cmd_tune)
 

@@ -121,10 +121,11 @@ def run_search(params: dict, search: dict, method: str, threads: int | None = No
     out = tuning / Path(source).stem  # one folder per round (search file)
     csv = out / f"{method}.csv"
     data_dir = proxy_data(params, proxy, tuning)  # every round scores on the same proxy data
-    rows = _read_rows(csv, proxy["seed"])
+    seeds = proxy.get("train_seeds", [proxy["seed"]])
+    rows = [r for r in _read_rows(csv, proxy["seed"]) if r["candidate"] < len(search["methods"][method]) and r["seed"] in seeds]
     scored = {r["fingerprint"]: r for f in sorted(tuning.glob(f"*/{method}.csv")) for r in _read_rows(f, proxy["seed"])}
     candidates = [with_overrides(params, method, o, source) for o in search["methods"][method]]  # all valid before any training
-    for seed in proxy.get("train_seeds", [proxy["seed"]]):
+    for seed in seeds:
         for i, overrides in enumerate(search["methods"][method]):
             p = proxy_params(candidates[i], proxy, data_dir, out / method / f"{i}-seed{seed}")
             # what the score depends on; the data folder and run dir are left out (same run wherever it lives)
