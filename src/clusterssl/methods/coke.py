@@ -11,9 +11,8 @@ the dataset index in each batch) is the target of a cross-entropy on x . C_prev 
 are trained this way, for every head.
 
 [code] two-view variant of the authors' code: T = 0.05, alpha = 0.2, eta = 20, gamma = 0.4,
-3-layer projector ending in BatchNorm, 2-layer predictor, several heads. The Fashion-MNIST
-presets use alpha = 0.5, the winner of round 2 of the equal search (docs/tuning.md), by 0.01
-points.
+3-layer projector ending in BatchNorm, 2-layer predictor, several heads. Round 2 of the equal
+search chose alpha = 0.5 by 0.01 points; round 3's three seeds undid it (docs/tuning.md).
 [assumed] K per head scaled down to small data (`num_clusters`; the first head is the one
 scored as the method's cluster head); in the first epoch, when there are no previous-epoch
 labels or centres yet, the targets are this batch's online labels and the logits use the
@@ -84,7 +83,7 @@ def coke_loss(logits: list[torch.Tensor], soft_targets: list[torch.Tensor], labe
 class CoKe(Method):
     provenance = (
         "code: online assignment with dual variables, previous-epoch labels as targets, T 0.05, alpha 0.2; "
-        "assumed: K per head on small data, first-epoch targets; in the Fashion-MNIST presets alpha 0.5 (round 2 of the equal search)"
+        "assumed: K per head on small data, first-epoch targets"
     )
 
     def __init__(self, backbone, cfg, num_classes, num_train):
