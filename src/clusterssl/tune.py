@@ -9,8 +9,8 @@ frozen encoder by the linear probe's top-1 on the held-out images (the probe is 
 its params, dotted keys under `method_params.<method>` (`temperature`, `augment.crop_scale`,
 `pretrain.lr`, ...); every method must list the same number. Results go to
 `<results>/tuning/<dataset>/<round>/<method>.{csv,md}` (`<round>`: the search file's name
-without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`; each row records the fingerprint of what it scored (the resolved recipe, backbone, probe, proxy),
-so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
+without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`; each row records the
+fingerprint of what it scored (the resolved recipe, backbone, probe, proxy), so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
 (say, a winner adopted), `{}` means the new preset and is scored again. A run with the same
 fingerprint scored by another round is not trained again: its scores are copied.
 
@@ -48,6 +48,7 @@ def load_search(path: str | Path) -> dict:
     seeds = proxy.get("train_seeds", [proxy["seed"]])
     if not (isinstance(seeds, list) and seeds and all(isinstance(v, int) and v >= 0 for v in seeds) and len(set(seeds)) == len(seeds)):
         raise UserError(f"{path}: 'proxy.train_seeds' must be a list of distinct non-negative integers, e.g. [0, 1, 2]")
+    proxy["train_seeds"] = seeds
     for method, candidates in search["methods"].items():
         if method not in paths.ALL_METHODS:
             raise UserError(f"{path}: 'methods.{method}' is not a method; choose from {', '.join(paths.ALL_METHODS)}")
@@ -121,7 +122,7 @@ def run_search(params: dict, search: dict, method: str, threads: int | None = No
     out = tuning / Path(source).stem  # one folder per round (search file)
     csv = out / f"{method}.csv"
     data_dir = proxy_data(params, proxy, tuning)  # every round scores on the same proxy data
-    seeds = proxy.get("train_seeds", [proxy["seed"]])
+    seeds = proxy["train_seeds"]
     rows = [r for r in _read_rows(csv, proxy["seed"]) if r["candidate"] < len(search["methods"][method]) and r["seed"] in seeds]
     scored = {r["fingerprint"]: r for f in sorted(tuning.glob(f"*/{method}.csv")) for r in _read_rows(f, proxy["seed"])}
     candidates = [with_overrides(params, method, o, source) for o in search["methods"][method]]  # all valid before any training
@@ -184,9 +185,9 @@ def decide(table: pd.DataFrame) -> pd.DataFrame:
     by = table.pivot(index="seed", columns="candidate", values="holdout_linear_top1")
     out = table.groupby("candidate").agg(linear=("holdout_linear_top1", "mean"), knn20=("holdout_knn20_top1", "mean"),
                                          seeds=("seed", "size"), seconds=("pretrain_seconds", "mean"))
-    gain = by.sub(by[0], axis=0) if 0 in by else by * np.nan
+    gain = by.sub(by[0], axis=0)
     out["gain"] = gain.mean()
-    out["gain_se"] = gain.std(ddof=1) / np.sqrt(gain.count()) if len(by) > 1 else np.nan
+    out["gain_se"] = gain.std(ddof=1) / np.sqrt(gain.count())  # NaN with one seed
     best = out["linear"].idxmax()
     if len(by) > 1 and best != 0 and not out.loc[best, "gain"] > NOISE_SE * out.loc[best, "gain_se"]:
         best = 0
