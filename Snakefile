@@ -19,8 +19,9 @@ update_config(config, typed(workflow.config_settings.config))  # `--config seeds
 validate(config, "workflow/schemas/params.schema.yaml")
 
 # The config Snakemake validated (params.yaml, then each --configfile, then --config, merged) is
-# written to one file that every verb reads with --params, so no job sees other params than the DAG.
-PARAMS = str(write_merged_params(config, paths.merged_params_file(config)))
+# written to a file named by its fingerprint that every verb reads with --params, so no job sees
+# other params than its DAG's, even when another invocation with another config shares the folder.
+PARAMS = str(write_merged_params(config, paths.merged_params_dir(config)))
 ENV = "../envs/clusterssl.yaml"  # relative to workflow/rules/
 
 

@@ -198,6 +198,12 @@ def tiny_local_run(tmp_path_factory) -> Path:
     return workdir
 
 
+def run_params_file(workdir: Path) -> Path:
+    """The merged params file of tiny_local_run: the first written in its results folder (later
+    invocations with other configs add their own files beside it; the same config reuses it)."""
+    return min((workdir / "results/params").glob("*.yaml"), key=lambda f: f.stat().st_mtime)
+
+
 def metrics_of(workdir: Path) -> dict:
     """Every metrics file of a run, without its wall time: what must not depend on where it ran."""
     out = {}

@@ -17,7 +17,7 @@ import yaml
 
 from clusterssl.paths import report_files
 from clusterssl.stages import STAGE_PARAMS
-from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, snakemake
+from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, run_params_file, snakemake
 
 
 def normalise(cmd: str) -> str:
@@ -93,8 +93,10 @@ def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_p
     (tmp_path / "partial.yaml").write_text(yaml.safe_dump(preset))
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")  # the Snakefile's base config, in the workdir
     jobs = snakemake_jobs(tmp_path, tmp_path / "partial.yaml", "--config", "seeds=[0,1]", "eval={semisup: {steps: 7}}")
-    merged = tmp_path / "results/params.snakemake.yaml"
-    assert all(f"--params {merged}" in j["cmd"] for j in jobs if j["cmd"])
+    files = {re.search(r"--params (\S+)", j["cmd"]).group(1) for j in jobs if j["cmd"]}
+    assert len(files) == 1  # one file for the whole DAG, in the preset's results folder, named by the config
+    merged = Path(files.pop())
+    assert merged.parent == tmp_path / "results/params" and merged.exists()
     params = load_params(merged)
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert params["seeds"] == [0, 1] and params["eval"]["semisup"]["steps"] == 7
@@ -162,12 +164,12 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     Snakemake validated, so the report has exactly the rows the DAG scheduled."""
     workdir = tiny_local_run
     report = workdir / "results" / "report"
-    params = yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())
+    params = yaml.safe_load(run_params_file(workdir).read_text())
     for f in report_files(params):
         assert f.stat().st_size > 0, f
     table = pd.read_csv(report / "tables/main.csv").set_index("method")
     assert list(table.index) == ["raw_pixels", "scratch", "carl"]
-    assert yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())["methods"] == ["carl"]
+    assert params["methods"] == ["carl"]
     encoders = table.drop("scratch")
     for col in ["linear_top1_mean", "knn200_top1_mean", "knn20_top1_mean", "transfer_fashion_mnist_linear_top1_mean",
                 "transfer_fashion_mnist_knn20_top1_mean"]:
@@ -190,6 +192,9 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     jobs = [j for j in snakemake_jobs(workdir, changed, *TINY_OVERRIDE) if j["cmd"]]
     assert {j["rule"] for j in jobs} == {"pretrain", "embed", "evaluate", "transfer", "semisup", "report"}
     assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
+    # that other config got a file of its own: the run's jobs would still read epochs 2, not 3
+    assert yaml.safe_load(run_params_file(workdir).read_text()) == params
+    assert len(list((workdir / "results/params").glob("*.yaml"))) == 2
 
     # another preset (its own results folder) shares data/: it fetches, prepares and splits nothing again
     other = preset_in(workdir, name="params.other.yaml", paths__results=str(workdir / "results-other"))
@@ -204,7 +209,7 @@ def test_snakemake_html_report_holds_every_table_and_figure_with_its_caption(tin
     html = workdir / "results" / "report.html"
     snakemake(workdir, workdir / "params.yaml", *TINY_OVERRIDE, "--report", str(html))
     text = html.read_text()
-    params = yaml.safe_load((workdir / "results/params.snakemake.yaml").read_text())
+    params = yaml.safe_load(run_params_file(workdir).read_text())
     items = [f for f in report_files(params) if f.suffix in (".csv", ".png")]
     assert sum(f.suffix == ".png" for f in items) == 6 and sum(f.suffix == ".csv" for f in items) == 7
     for f in items:

@@ -93,13 +93,15 @@ def typed(value):
     return value
 
 
-def write_merged_params(params: dict, path: str | Path) -> Path:
-    """Write `params` (validated again here) to `path` for the verbs to read; the file is only
-    replaced when its content changes, so re-running the workflow does not touch it."""
+def write_merged_params(params: dict, folder: str | Path) -> Path:
+    """Write `params` (validated again here) to `<folder>/<fingerprint>.yaml` for the verbs to
+    read and return that path; an existing file is not touched, so re-running the workflow does
+    not change its mtime."""
     from .io import write_text
 
-    text = yaml.safe_dump(validate(params, "the merged Snakemake config"), sort_keys=False)
-    path = Path(path)
+    params = validate(params, "the merged Snakemake config")
+    text = yaml.safe_dump(params, sort_keys=False)
+    path = Path(folder) / f"{fingerprint(params)}.yaml"
     if not path.exists() or path.read_text() != text:
         write_text(path, text)
     return path

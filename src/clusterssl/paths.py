@@ -80,10 +80,12 @@ def evaluations(params: dict, method: str) -> list[str]:
     return [*EVALS, *semisup, *(transfer_name(t) for t in params["eval"]["transfer"]["datasets"])]
 
 
-def merged_params_file(params: dict) -> Path:
+def merged_params_dir(params: dict) -> Path:
     """Where Snakemake writes the config it validated (params file, presets and --config merged),
-    which every verb of the workflow then reads with --params."""
-    return results_dir(params) / "params.snakemake.yaml"
+    one file per config, named by its fingerprint: every verb of the workflow reads it with
+    --params, and two invocations with different --config sharing a results folder (a `--lint`
+    during a three-seed run) each keep their own."""
+    return results_dir(params) / "params"
 
 
 def report_dir(params: dict) -> Path:

@@ -4,7 +4,7 @@ rule embed:
     output:
         str(paths.features_file(config, "{method}", "{seed}", "{dataset}")),
     params:
-        file=PARAMS,
+        file=params_file,
         stage=stage_params(config, "embed"),
     log:
         log_file("embed/{dataset}/{method}_seed{seed}"),
@@ -26,7 +26,7 @@ rule evaluate:
     output:
         str(paths.metrics_file(config, "{method}", "{seed}", "{protocol}")),
     params:
-        file=PARAMS,
+        file=params_file,
         stage=lambda w: stage_params(config, w.protocol),
     log:
         log_file("eval/{protocol}/{method}_seed{seed}"),
@@ -48,7 +48,7 @@ rule transfer:
     output:
         str(paths.metrics_file(config, "{method}", "{seed}", paths.transfer_name("{dataset}"))),
     params:
-        file=PARAMS,
+        file=params_file,
         stage=stage_params(config, "transfer"),
     log:
         log_file("eval/transfer_{dataset}/{method}_seed{seed}"),
@@ -72,7 +72,7 @@ rule semisup:
     output:
         str(paths.metrics_file(config, "{method}", "{seed}", paths.semisup_name("{fraction}"))),
     params:
-        file=PARAMS,
+        file=params_file,
         stage=stage_params(config, "semisup"),
     log:
         log_file("eval/semisup_{fraction}/{method}_seed{seed}"),

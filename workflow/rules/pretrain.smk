@@ -4,7 +4,7 @@ rule pretrain:
     output:
         [str(p) for p in paths.run_files(config, "{method}", "{seed}")],
     params:
-        file=PARAMS,
+        file=params_file,
         stage=lambda w: stage_params(config, "pretrain", w.method),
     log:
         log_file("pretrain/{method}_seed{seed}"),

@@ -21,7 +21,7 @@ rule report:
     output:
         report_outputs(),
     params:
-        file=PARAMS,
+        file=params_file,
         stage=stage_params(config, "report"),
     log:
         log_file("report"),
