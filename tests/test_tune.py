@@ -184,3 +184,28 @@ def test_round_3_checks_each_of_round_2s_changes_and_the_presets_hold_what_it_ch
         for name in ("params.yaml", "config/presets/fmnist-all.yaml", "config/presets/fmnist-gpu.yaml"):
             preset = yaml.safe_load((ROOT / name).read_text())["method_params"][method]
             assert (preset[key] == value) == undone, (name, method, key)  # the decision is what the presets hold
+
+
+
+CPU_PRESETS = ("params.yaml", "config/presets/fmnist-all.yaml")
+
+
+# the GPU preset's batch is its compute setting (256 for every method): round 4's step is not copied there
+@pytest.mark.parametrize("round_, key, value, presets", [
+    ("round4", "batch_size", 64, CPU_PRESETS),
+    ("round5", "lr", 0.6, (*CPU_PRESETS, "config/presets/fmnist-gpu.yaml")),
+])
+def test_rounds_4_and_5_take_one_step_for_every_method_and_the_presets_hold_what_they_chose(round_, key, value, presets):
+    search = tune.load_search(ROOT / f"config/search/{round_}.yaml")
+    assert search["proxy"] == tune.load_search(ROOT / "config/search/round3.yaml")["proxy"]  # the same proxy, three seeds
+    assert set(search["methods"]) == set(paths.ALL_METHODS)
+    assert all(c == [{}, {f"pretrain.{key}": value}] for c in search["methods"].values())  # the same step for all
+    for method in search["methods"]:
+        table = pd.read_csv(ROOT / "docs" / "tuning" / round_ / f"{method}.csv")
+        assert sorted(table["seed"].unique()) == [0, 1, 2] and sorted(table["candidate"].unique()) == [0, 1]
+        adopted = bool(tune.decide(table).loc[1, "chosen"])
+        for name in presets:
+            preset = yaml.safe_load((ROOT / name).read_text())
+            assert preset["pretrain"][key] != value  # the step moves the shared setting
+            setting = preset["method_params"][method].get("pretrain", {}).get(key, preset["pretrain"][key])
+            assert (setting == value) == adopted, (name, method)  # the decision is what the presets hold
