@@ -89,10 +89,11 @@ EVAL_GPUS = min(GPUS, 1)  # evaluation runs in one process
 
 
 def params_file(wildcards, output):
-    """The merged params file, given to the data rules as a function of their outputs.
-    data/ is shared by every preset while this file lives in the preset's results folder;
-    Snakemake re-runs a job whose params differ from its last run's, except params that are
-    functions of the job's files. So another preset does not fetch and prepare again (which
-    would outdate every result of the first); what these rules read from the file,
-    paths.data, is still compared through `stage`."""
+    """The merged params file, given to every rule as a function of its outputs. Snakemake
+    re-runs a job whose params differ from its last run's, except params that are functions of
+    the job's files; the file's name is the whole config's fingerprint, so as a plain param it
+    would re-run every job after any change (another seed, another method). What a job reads
+    from it is compared through its `stage` param instead. Likewise data/ is shared by every
+    preset: another preset does not fetch and prepare again, which would outdate every result
+    of the first."""
     return PARAMS
