@@ -13,6 +13,7 @@ import yaml
 from clusterssl import data, paths, tune
 from clusterssl.cli import main
 from clusterssl.io import UserError
+from clusterssl.train import pretrain_config
 from conftest import ROOT
 
 PROXY = {"holdout": 300, "pretrain_images": 400, "epochs": 1, "probe_images": 600, "seed": 0}
@@ -169,6 +170,14 @@ def test_with_several_seeds_a_candidate_replaces_candidate_0_only_beyond_twice_i
     assert tune.decide(_table({0: [80.0], 1: [80.01]}))["chosen"].tolist() == [False, True]
 
 
+def _decision(round_: str, method: str) -> pd.DataFrame:
+    """`tune.decide` on a round's table as committed in docs/tuning/, which must hold candidates
+    0 and 1 on seeds 0, 1 and 2 (rounds 3-5)."""
+    table = pd.read_csv(ROOT / "docs" / "tuning" / round_ / f"{method}.csv")
+    assert sorted(table["seed"].unique()) == [0, 1, 2] and sorted(table["candidate"].unique()) == [0, 1]
+    return tune.decide(table)
+
+
 def test_round_3_checks_each_of_round_2s_changes_and_the_presets_hold_what_it_chose():
     search = tune.load_search(ROOT / "config/search/round3.yaml")
     round2 = tune.load_search(ROOT / "config/search/round2.yaml")
@@ -177,14 +186,11 @@ def test_round_3_checks_each_of_round_2s_changes_and_the_presets_hold_what_it_ch
     assert set(search["methods"]) == set(paths.ALL_METHODS) - {"simclr", "byol"}  # round 2 kept their recipes
     for method, (before, now) in search["methods"].items():
         assert now == {} and len(before) == 1  # round 2's adoption, and the one key it changed, as it was
-        table = pd.read_csv(ROOT / "docs" / "tuning" / "round3" / f"{method}.csv")
-        assert sorted(table["seed"].unique()) == [0, 1, 2] and sorted(table["candidate"].unique()) == [0, 1]
         (key, value), = before.items()
-        undone = bool(tune.decide(table).loc[0, "chosen"])
+        undone = bool(_decision("round3", method).loc[0, "chosen"])
         for name in ("params.yaml", "config/presets/fmnist-all.yaml", "config/presets/fmnist-gpu.yaml"):
             preset = yaml.safe_load((ROOT / name).read_text())["method_params"][method]
             assert (preset[key] == value) == undone, (name, method, key)  # the decision is what the presets hold
-
 
 
 CPU_PRESETS = ("params.yaml", "config/presets/fmnist-all.yaml")
@@ -201,11 +207,9 @@ def test_rounds_4_and_5_take_one_step_for_every_method_and_the_presets_hold_what
     assert set(search["methods"]) == set(paths.ALL_METHODS)
     assert all(c == [{}, {f"pretrain.{key}": value}] for c in search["methods"].values())  # the same step for all
     for method in search["methods"]:
-        table = pd.read_csv(ROOT / "docs" / "tuning" / round_ / f"{method}.csv")
-        assert sorted(table["seed"].unique()) == [0, 1, 2] and sorted(table["candidate"].unique()) == [0, 1]
-        adopted = bool(tune.decide(table).loc[1, "chosen"])
+        adopted = bool(_decision(round_, method).loc[1, "chosen"])
         for name in presets:
             preset = yaml.safe_load((ROOT / name).read_text())
             assert preset["pretrain"][key] != value  # the step moves the shared setting
-            setting = preset["method_params"][method].get("pretrain", {}).get(key, preset["pretrain"][key])
+            setting = pretrain_config(preset, method)["pretrain"][key]  # the method's own key, or the shared one
             assert (setting == value) == adopted, (name, method)  # the decision is what the presets hold

@@ -10,8 +10,8 @@ its params, dotted keys under `method_params.<method>` (`temperature`, `augment.
 `pretrain.lr`, ...); every method must list the same number. Results go to
 `<results>/tuning/<dataset>/<round>/<method>.{csv,md}` (`<round>`: the search file's name
 without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`; each row records the
-fingerprint of what it scored (the resolved recipe, backbone, probe, proxy), so a search run again skips exactly the candidates whose run is unchanged: after a preset edit
-(say, a winner adopted), `{}` means the new preset and is scored again. A run with the same
+fingerprint of what it scored (the resolved recipe, backbone, probe, proxy), so a search run
+again skips exactly the candidates whose run is unchanged: after a preset edit (say, a winner adopted), `{}` means the new preset and is scored again. A run with the same
 fingerprint scored by another round is not trained again: its scores are copied.
 
 `proxy.train_seeds` (optional; default `[seed]`) trains every candidate once per seed; the
