@@ -213,3 +213,31 @@ def test_rounds_4_and_5_take_one_step_for_every_method_and_the_presets_hold_what
             assert preset["pretrain"][key] != value  # the step moves the shared setting
             setting = pretrain_config(preset, method)["pretrain"][key]  # the method's own key, or the shared one
             assert (setting == value) == adopted, (name, method)  # the decision is what the presets hold
+
+
+def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_missing(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("full_size_check", ROOT / "docs/tuning/full_size_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def write(root, method, seed, linear, knn20=0.8):
+        folder = root / "metrics" / "fashion_mnist" / method / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "linear.json").write_text(json.dumps({"metrics": {"top1": linear}}))
+        (folder / "knn.json").write_text(json.dumps({"metrics": {"k20_top1": knn20, "k200_top1": 0.7}}))
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    for seed, gain in zip([0, 1, 2], [0.01, 0.02, 0.03]):  # +1, +2, +3 points
+        for method in ("swav", "coke"):
+            write(new, method, seed, 0.85 + gain)
+            write(old, method, seed, 0.85)
+    write(new, "byol", 0, 0.86)  # seeds 1 and 2 missing
+    table = check.main(new, old, tmp_path / "check.csv").splitlines()
+    swav_linear = next(line for line in table if line.startswith("| swav") and "| linear |" in line)
+    # mean +2.00, s.d. 1, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3) = 2.48
+    assert "| +1.00, +2.00, +3.00 | +2.00 | [-0.48, +4.48] | 87.00 ± 1.00 | 85.00 ± 0.00 |" in swav_linear
+    assert any(line.startswith("| byol") and "missing runs" in line for line in table)
+    rows = pd.read_csv(tmp_path / "check.csv")
+    assert len(rows) == 13 and set(rows.recipe) == {"recipe", "replaced"}
