@@ -8,27 +8,32 @@ undone), writes docs/tuning/full_size_check.csv (one row per method, recipe and 
 the paired differences with their 95 % Student-t intervals as a markdown table."""
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
+import pandas as pd
+
+from clusterssl import paths
+from clusterssl.io import read_json, write_text
+from clusterssl.report import COLUMNS, _dig
 from clusterssl.report.stats import paired_difference, t_interval
 
 CHANGES = {"swav": "lr 0.3 -> 0.6 (round 5)", "coke": "batch 128 -> 64 (round 4)"}
 ALSO = ["byol"]  # no change to check: three seeds of its recipe
 SEEDS = [0, 1, 2]
-SCORES = {"linear": ("linear", "top1"), "knn20": ("knn", "k20_top1"), "knn200": ("knn", "k200_top1")}
+# short name -> the report's column (its metrics file and the keys inside it)
+SCORES = {"linear": "linear_top1", "knn20": "knn20_top1", "knn200": "knn200_top1"}
+WHERE = {column: (evaluation, keys) for column, evaluation, keys, *_ in COLUMNS}
 
 
 def scores(root: Path, method: str, seed: int) -> dict | None:
-    folder = root / "metrics" / "fashion_mnist" / method / f"seed{seed}"
-    out = {}
-    for name, (protocol, key) in SCORES.items():
-        path = folder / f"{protocol}.json"
-        if not path.exists():
-            return None
-        out[name] = 100 * json.loads(path.read_text())["metrics"][key]
-    return out
+    """The run's scores in percent, or None when one of its metrics files is missing."""
+    params = {"paths": {"results": root}, "dataset": "fashion_mnist"}
+    evaluations = {WHERE[column][0] for column in SCORES.values()}  # each file read once
+    files = {e: paths.metrics_file(params, method, seed, e) for e in evaluations}
+    if not all(f.exists() for f in files.values()):
+        return None
+    metrics = {evaluation: read_json(f)["metrics"] for evaluation, f in files.items()}
+    return {name: 100 * _dig(metrics[WHERE[column][0]], WHERE[column][1]) for name, column in SCORES.items()}
 
 
 def main(recipes: Path, undone: Path, csv_path: Path) -> str:
@@ -55,12 +60,7 @@ def main(recipes: Path, undone: Path, csv_path: Path) -> str:
                              f"[{d['low']:+.2f}, {d['high']:+.2f}] | {summary['recipe']} | {summary['replaced']} |")
             else:
                 lines.append(f"| {method} | – | {score} | | | | {summary['recipe']} | |")
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "recipe", "seed", *SCORES])
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
+    write_text(csv_path, pd.DataFrame(rows, columns=["method", "recipe", "seed", *SCORES]).to_csv(index=False))
     return "\n".join(lines)
 
 

@@ -11,8 +11,9 @@ its params, dotted keys under `method_params.<method>` (`temperature`, `augment.
 `<results>/tuning/<dataset>/<round>/<method>.{csv,md}` (`<round>`: the search file's name
 without `.yaml`), the proxy's data to `<results>/tuning/<dataset>/data`; each row records the
 fingerprint of what it scored (the resolved recipe, backbone, probe, proxy), so a search run
-again skips exactly the candidates whose run is unchanged: after a preset edit (say, a winner adopted), `{}` means the new preset and is scored again. A run with the same
-fingerprint scored by another round is not trained again: its scores are copied.
+again skips exactly the candidates whose run is unchanged: after a preset edit (say, a winner
+adopted), `{}` means the new preset and is scored again. A run with the same fingerprint scored
+by another round is not trained again: its scores are copied.
 
 `proxy.train_seeds` (optional; default `[seed]`) trains every candidate once per seed; the
 held-out draw stays that of `seed`. With more than one seed, candidate 0 is the baseline and
