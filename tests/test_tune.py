@@ -241,3 +241,35 @@ def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_mi
     assert any(line.startswith("| byol") and "missing runs" in line for line in table)
     rows = pd.read_csv(tmp_path / "check.csv")
     assert len(rows) == 13 and set(rows.recipe) == {"recipe", "replaced"}
+
+
+def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_bars_it_misses(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "docs/tuning"))  # it reads runs through full_size_check
+    spec = importlib.util.spec_from_file_location("budget_check", ROOT / "docs/tuning/budget_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    ten = tmp_path / "ten.csv"
+    ten.write_text("method,linear,knn200,knn20\nraw_pixels,84.47,78.85,84.47\n"
+                   + "".join(f"{m},86.50,80.00,84.00\n" for m in paths.ALL_METHODS))
+    twenty = tmp_path / "twenty"
+    for method, linear, knn20 in (("byol", 0.8725, 0.8450), ("carl", 0.8800, 0.8440)):
+        folder = twenty / "metrics" / "fashion_mnist" / method / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "linear.json").write_text(json.dumps({"metrics": {"top1": linear}}))
+        (folder / "knn.json").write_text(json.dumps({"metrics": {"k20_top1": knn20, "k200_top1": 0.81}}))
+    run = twenty / "runs" / "fashion_mnist" / "byol" / "seed0"
+    run.mkdir(parents=True)
+    (run / "history.csv").write_text("epoch,seconds\n1,60\n2,90\n")
+
+    table = check.main(twenty, ten, tmp_path / "budget.csv").splitlines()
+    row = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert "| 86.50 -> 87.25 (+0.75) | 84.00 -> 84.50 (+0.50) | 80.00 -> 81.00 (+1.00) | 2.5 |" in row["byol"]
+    # a baseline below 87 and below raw pixels on k-NN20 at 10 epochs, clear of both at 20
+    assert row["byol"].endswith("| knn20 <= raw pixels, linear < 87 | none |")
+    assert row["carl"].endswith("| knn20 <= raw pixels | knn20 <= raw pixels |")  # 84.40 < 84.47; not a baseline
+    assert "not run yet" in row["swav"] and len(row) == len(paths.ALL_METHODS)
+    saved = pd.read_csv(tmp_path / "budget.csv")
+    assert list(saved.method) == ["carl", "byol"] and saved.loc[1, "pretrain_minutes"] == 2.5
