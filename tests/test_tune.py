@@ -215,25 +215,29 @@ def test_rounds_4_and_5_take_one_step_for_every_method_and_the_presets_hold_what
             assert (setting == value) == adopted, (name, method)  # the decision is what the presets hold
 
 
-def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_missing(tmp_path):
-    import importlib.util
+def _docs_script(name, monkeypatch):
+    """A script of docs/tuning/, imported as its own command line would (its folder on the path)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("full_size_check", ROOT / "docs/tuning/full_size_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    monkeypatch.syspath_prepend(str(ROOT / "docs/tuning"))
+    return importlib.import_module(name)
 
-    def write(root, method, seed, linear, knn20=0.8):
-        folder = root / "metrics" / "fashion_mnist" / method / f"seed{seed}"
-        folder.mkdir(parents=True)
-        (folder / "linear.json").write_text(json.dumps({"metrics": {"top1": linear}}))
-        (folder / "knn.json").write_text(json.dumps({"metrics": {"k20_top1": knn20, "k200_top1": 0.7}}))
 
+def _write_scores(root, method, seed, linear, knn20=0.8, knn200=0.7):
+    folder = root / "metrics" / "fashion_mnist" / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "linear.json").write_text(json.dumps({"metrics": {"top1": linear}}))
+    (folder / "knn.json").write_text(json.dumps({"metrics": {"k20_top1": knn20, "k200_top1": knn200}}))
+
+
+def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_missing(tmp_path, monkeypatch):
+    check = _docs_script("full_size_check", monkeypatch)
     new, old = tmp_path / "new", tmp_path / "old"
     for seed, gain in zip([0, 1, 2], [0.01, 0.02, 0.03]):  # +1, +2, +3 points
         for method in ("swav", "coke"):
-            write(new, method, seed, 0.85 + gain)
-            write(old, method, seed, 0.85)
-    write(new, "byol", 0, 0.86)  # seeds 1 and 2 missing
+            _write_scores(new, method, seed, 0.85 + gain)
+            _write_scores(old, method, seed, 0.85)
+    _write_scores(new, "byol", 0, 0.86)  # seeds 1 and 2 missing
     table = check.main(new, old, tmp_path / "check.csv").splitlines()
     swav_linear = next(line for line in table if line.startswith("| swav") and "| linear |" in line)
     # mean +2.00, s.d. 1, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3) = 2.48
@@ -244,22 +248,13 @@ def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_mi
 
 
 def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_bars_it_misses(tmp_path, monkeypatch):
-    import importlib.util
-
-    monkeypatch.syspath_prepend(str(ROOT / "docs/tuning"))  # it reads runs through full_size_check
-    spec = importlib.util.spec_from_file_location("budget_check", ROOT / "docs/tuning/budget_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
-
+    check = _docs_script("budget_check", monkeypatch)  # it reads runs through full_size_check
     ten = tmp_path / "ten.csv"
     ten.write_text("method,linear,knn200,knn20\nraw_pixels,84.47,78.85,84.47\n"
                    + "".join(f"{m},86.50,80.00,84.00\n" for m in paths.ALL_METHODS))
     twenty = tmp_path / "twenty"
     for method, linear, knn20 in (("byol", 0.8725, 0.8450), ("carl", 0.8800, 0.8440)):
-        folder = twenty / "metrics" / "fashion_mnist" / method / "seed0"
-        folder.mkdir(parents=True)
-        (folder / "linear.json").write_text(json.dumps({"metrics": {"top1": linear}}))
-        (folder / "knn.json").write_text(json.dumps({"metrics": {"k20_top1": knn20, "k200_top1": 0.81}}))
+        _write_scores(twenty, method, 0, linear, knn20, knn200=0.81)
     run = twenty / "runs" / "fashion_mnist" / "byol" / "seed0"
     run.mkdir(parents=True)
     (run / "history.csv").write_text("epoch,seconds\n1,60\n2,90\n")
