@@ -248,23 +248,34 @@ def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_mi
 
 
 def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_bars_it_misses(tmp_path, monkeypatch):
-    check = _docs_script("budget_check", monkeypatch)  # it reads runs through full_size_check
+    check = _docs_script("budget_check", monkeypatch)
     ten = tmp_path / "ten.csv"
     ten.write_text("method,linear,knn200,knn20\nraw_pixels,84.47,78.85,84.47\n"
                    + "".join(f"{m},86.50,80.00,84.00\n" for m in paths.ALL_METHODS))
     twenty = tmp_path / "twenty"
     for method, linear, knn20 in (("byol", 0.8725, 0.8450), ("carl", 0.8800, 0.8440)):
         _write_scores(twenty, method, 0, linear, knn20, knn200=0.81)
-    run = twenty / "runs" / "fashion_mnist" / "byol" / "seed0"
-    run.mkdir(parents=True)
-    (run / "history.csv").write_text("epoch,seconds\n1,60\n2,90\n")
+        folder = twenty / "metrics" / "fashion_mnist" / method / "seed0"
+        head = {"head": {"acc": 0.02, "nmi": 0.4, "ari": 0.01, "clusters_used": 993}} if method == "carl" else {}
+        (folder / "cluster.json").write_text(json.dumps({"metrics": {"kmeans": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}, **head}}))
+        run = twenty / "runs" / "fashion_mnist" / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "history.csv").write_text("epoch,seconds\n1,60\n2,90\n")
+    _write_scores(twenty, "swav", 0, 0.9)  # no cluster.json: not a finished run
 
-    table = check.main(twenty, ten, tmp_path / "budget.csv").splitlines()
+    csv = tmp_path / "budget.csv"
+    table = check.main(twenty, ten, csv).splitlines()
     row = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
     assert "| 86.50 -> 87.25 (+0.75) | 84.00 -> 84.50 (+0.50) | 80.00 -> 81.00 (+1.00) | 2.5 |" in row["byol"]
     # a baseline below 87 and below raw pixels on k-NN20 at 10 epochs, clear of both at 20
     assert row["byol"].endswith("| knn20 <= raw pixels, linear < 87 | none |")
     assert row["carl"].endswith("| knn20 <= raw pixels | knn20 <= raw pixels |")  # 84.40 < 84.47; not a baseline
     assert "not run yet" in row["swav"] and len(row) == len(paths.ALL_METHODS)
-    saved = pd.read_csv(tmp_path / "budget.csv")
-    assert list(saved.method) == ["carl", "byol"] and saved.loc[1, "pretrain_minutes"] == 2.5
+    saved = pd.read_csv(csv)
+    assert list(saved.method) == ["carl", "byol"] and list(saved.pretrain_minutes) == [2.5, 2.5]
+    assert list(saved.kmeans_acc) == [0.7, 0.7] and list(saved.epochs) == [2, 2]
+
+    readme = check.results_table(csv).splitlines()  # the report's cells, from the saved CSV alone
+    assert readme[0].startswith("| method | linear top-1 % |") and readme[0].endswith("| head clusters used | pretrain min |")
+    assert readme[2] == "| carl | 88.00 | 81.00 | 84.40 | 0.700 | 0.600 | 0.500 | 0.020 | 0.400 | 993 | 2.5 |"
+    assert readme[3] == "| byol | 87.25 | 81.00 | 84.50 | 0.700 | 0.600 | 0.500 | – | – | – | 2.5 |"

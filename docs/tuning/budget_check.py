@@ -4,10 +4,11 @@ every method above raw pixels on the linear probe and on k-NN20).
 
     python docs/tuning/budget_check.py   # after the snakemake loop in docs/tuning.md
 
-reads results/fmnist-all-20ep and fmnist_all_10ep_seed0.csv (the README's fmnist-all table at
-10 epochs, seed 0, as measured on 2026-12-02/03: those runs are not in git), writes
-budget_check.csv (the 20-epoch scores, one row per method run so far) and prints the
-comparison as a markdown table; a method without a 20-epoch run yet is listed as such."""
+reads results/fmnist-all-20ep (through the report's reader) and fmnist_all_10ep_seed0.csv (the
+README's fmnist-all table at 10 epochs, seed 0, as measured on 2026-12-02/03: those runs are
+not in git), writes budget_check.csv (every score of each 20-epoch run so far) and prints two
+markdown tables: the comparison, where a method without a 20-epoch run yet is listed as such,
+and the runs as the report's main table shows them (the README's fmnist-all table)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,10 +17,16 @@ import pandas as pd
 
 from clusterssl import paths
 from clusterssl.io import write_text
-from full_size_check import SCORES, scores  # the same scores, read the same way
+from clusterssl.report import COLUMNS, collect, main_cells, summarise, tables
 
 BASELINES = {"simclr", "swav", "byol", "moco_v2"}  # issue 12: linear >= 87.0
 BASELINE_LINEAR = 87.0
+# short name -> the report's column
+SCORES = {"linear": "linear_top1", "knn20": "knn20_top1", "knn200": "knn200_top1"}
+# the frozen-feature protocols only: semi-supervised and transfer were not run for all nine
+FROZEN = {"semisup": {"fractions": []}, "transfer": {"datasets": []}, "knn": {"k": [20, 200]}}
+# the README's columns: the report's main table less head ARI
+README_COLUMNS = ["method", *(header for column, *_, header in COLUMNS if column != "head_ari"), "pretrain min"]
 
 
 def bars_missed(row: dict, pixels: dict, method: str) -> str:
@@ -30,33 +37,44 @@ def bars_missed(row: dict, pixels: dict, method: str) -> str:
     return ", ".join(missed) or "none"
 
 
-def pretrain_minutes(root: Path, method: str, seed: int) -> float | None:
-    history = paths.run_files({"paths": {"results": root}, "dataset": "fashion_mnist"}, method, seed)[1]
-    return pd.read_csv(history)["seconds"].sum() / 60 if history.exists() else None
+def runs(root: Path, seed: int) -> pd.DataFrame:
+    """Every score of each run under `root` with all three frozen-feature metrics files (raw
+    pixels included when evaluated there), one row per method, in the report's order."""
+    params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": list(paths.ALL_METHODS),
+              "seeds": [seed], "eval": FROZEN}
+    done = [m for m in paths.evaluated_methods(params)
+            if all(paths.metrics_file(params, m, seed, e).exists() for e in paths.EVALS)]
+    return collect(params, done)
 
 
 def main(twenty: Path, ten_csv: Path, csv_path: Path, seed: int = 0) -> str:
     ten = pd.read_csv(ten_csv).set_index("method")
     pixels = ten.loc[paths.RAW_PIXELS, list(SCORES)].to_dict()
+    after = runs(twenty, seed)
+    write_text(csv_path, after.round(4).to_csv(index=False))
+    after = after.set_index("method")
     lines = ["| method | linear, 10 -> 20 epochs | k-NN20 | k-NN200 | pretraining min (20) | bars missed at 10 | at 20 |",
              "|---|---|---|---|---|---|---|"]
-    rows = []
     for method in paths.ALL_METHODS:
         before = ten.loc[method, list(SCORES)].to_dict()
-        after = scores(twenty, method, seed)
-        if after is None:
+        if method not in after.index:
             lines.append(f"| {method} | {before['linear']:.2f} -> not run yet | | | | {bars_missed(before, pixels, method)} | |")
             continue
-        minutes = pretrain_minutes(twenty, method, seed)
-        rows.append({"method": method, "seed": seed, **{k: f"{v:.2f}" for k, v in after.items()},
-                     "pretrain_minutes": "" if minutes is None else f"{minutes:.1f}"})
-        cells = [f"{before[s]:.2f} -> {after[s]:.2f} ({after[s] - before[s]:+.2f})" for s in SCORES]
-        lines.append(f"| {method} | {' | '.join(cells)} | {rows[-1]['pretrain_minutes']} | "
-                     f"{bars_missed(before, pixels, method)} | {bars_missed(after, pixels, method)} |")
-    write_text(csv_path, pd.DataFrame(rows, columns=["method", "seed", *SCORES, "pretrain_minutes"]).to_csv(index=False))
+        now = {short: after.loc[method, column] for short, column in SCORES.items()}
+        cells = [f"{before[s]:.2f} -> {now[s]:.2f} ({now[s] - before[s]:+.2f})" for s in SCORES]
+        lines.append(f"| {method} | {' | '.join(cells)} | {after.loc[method, 'pretrain_minutes']:.1f} | "
+                     f"{bars_missed(before, pixels, method)} | {bars_missed(now, pixels, method)} |")
     return "\n".join(lines)
+
+
+def results_table(csv_path: Path) -> str:
+    """The saved runs as the report's main table prints them, in the README's columns."""
+    cells = main_cells(summarise(pd.read_csv(csv_path)), COLUMNS)
+    return tables.to_markdown(cells[README_COLUMNS])
 
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
     print(main(Path("results/fmnist-all-20ep"), here / "fmnist_all_10ep_seed0.csv", here / "budget_check.csv"))
+    print()
+    print(results_table(here / "budget_check.csv"))

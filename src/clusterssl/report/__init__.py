@@ -64,10 +64,11 @@ def _dig(d: dict, keys: tuple):
     return d
 
 
-def collect(params: dict) -> pd.DataFrame:
-    """One row per (method, seed) with every metric, read from the metrics JSON files."""
+def collect(params: dict, methods: list[str] | None = None) -> pd.DataFrame:
+    """One row per (method, seed) with every metric, read from the metrics JSON files, for
+    `methods` (default: every row of the report)."""
     rows = []
-    for method in paths.report_rows(params):
+    for method in paths.report_rows(params) if methods is None else methods:
         for seed in params["seeds"]:
             row = {"method": method, "seed": seed}
             files = {e: read_json(paths.metrics_file(params, method, seed, e))["metrics"] for e in paths.evaluations(params, method)}
