@@ -262,6 +262,13 @@ def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_
         run.mkdir(parents=True)
         (run / "history.csv").write_text("epoch,seconds\n1,60\n2,90\n")
     _write_scores(twenty, "swav", 0, 0.9)  # no cluster.json: not a finished run
+    for seed, linear in ((1, 0.8625), (2, 0.8825)):  # BYOL's other two seeds: 86.25, 87.25, 88.25
+        _write_scores(twenty, "byol", seed, linear, 0.8450, knn200=0.81)
+        (twenty / "metrics" / "fashion_mnist" / "byol" / f"seed{seed}" / "cluster.json").write_text(
+            json.dumps({"metrics": {"kmeans": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}}}))
+        run = twenty / "runs" / "fashion_mnist" / "byol" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "history.csv").write_text("epoch,seconds\n1,60\n")
 
     csv = tmp_path / "budget.csv"
     table = check.main(twenty, ten, csv).splitlines()
@@ -272,10 +279,17 @@ def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_
     assert row["carl"].endswith("| knn20 <= raw pixels | knn20 <= raw pixels |")  # 84.40 < 84.47; not a baseline
     assert "not run yet" in row["swav"] and len(row) == len(paths.ALL_METHODS)
     saved = pd.read_csv(csv)
-    assert list(saved.method) == ["carl", "byol"] and list(saved.pretrain_minutes) == [2.5, 2.5]
-    assert list(saved.kmeans_acc) == [0.7, 0.7] and list(saved.epochs) == [2, 2]
+    assert list(zip(saved.method, saved.seed)) == [("carl", 0), ("byol", 0), ("byol", 1), ("byol", 2)]
+    assert list(saved.pretrain_minutes) == [2.5, 2.5, 1.0, 1.0] and list(saved.epochs) == [2, 2, 1, 1]
+    assert list(saved.kmeans_acc) == [0.7] * 4
 
     readme = check.results_table(csv).splitlines()  # the report's cells, from the saved CSV alone
     assert readme[0].startswith("| method | linear top-1 % |") and readme[0].endswith("| head clusters used | pretrain min |")
     assert readme[2] == "| carl | 88.00 | 81.00 | 84.40 | 0.700 | 0.600 | 0.500 | 0.020 | 0.400 | 993 | 2.5 |"
     assert readme[3] == "| byol | 87.25 | 81.00 | 84.50 | 0.700 | 0.600 | 0.500 | – | – | – | 2.5 |"
+    # only seed 0 in the README's table; the methods with several seeds summarised: mean 87.25,
+    # s.d. 1, half-width t(0.975, 2) / sqrt(3) = 2.48
+    assert len(readme) == 4
+    seeds = check.seeds_table(csv).splitlines()
+    assert seeds[2] == "| byol | linear | 87.25, 86.25, 88.25 (seeds 0, 1, 2) | 87.25 ± 1.00 | [84.77, 89.73] |"
+    assert len(seeds) == 2 + 3 and not any(line.startswith("| carl") for line in seeds)

@@ -6,9 +6,10 @@ every method above raw pixels on the linear probe and on k-NN20).
 
 reads results/fmnist-all-20ep (through the report's reader) and fmnist_all_10ep_seed0.csv (the
 README's fmnist-all table at 10 epochs, seed 0, as measured on 2026-12-02/03: those runs are
-not in git), writes budget_check.csv (every score of each 20-epoch run so far) and prints two
-markdown tables: the comparison, where a method without a 20-epoch run yet is listed as such,
-and the runs as the report's main table shows them (the README's fmnist-all table)."""
+not in git), writes budget_check.csv (every score of each 20-epoch run so far, seeds 0-2) and
+prints three markdown tables: seed 0's comparison, where a method without a 20-epoch run yet is
+listed as such; seed 0's runs as the report's main table shows them (the README's fmnist-all
+table); and each method with several seeds, their mean, s.d. and 95 % t interval."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 from clusterssl import paths
 from clusterssl.io import write_text
 from clusterssl.report import COLUMNS, collect, main_cells, summarise, tables
+from clusterssl.report.stats import t_interval
 
 BASELINES = {"simclr", "swav", "byol", "moco_v2"}  # issue 12: linear >= 87.0
 BASELINE_LINEAR = 87.0
@@ -47,12 +49,13 @@ def runs(root: Path, seed: int) -> pd.DataFrame:
     return collect(params, done)
 
 
-def main(twenty: Path, ten_csv: Path, csv_path: Path, seed: int = 0) -> str:
+def main(twenty: Path, ten_csv: Path, csv_path: Path, seeds=(0, 1, 2)) -> str:
+    """Seed 0's comparison; every seed's scores go to `csv_path`."""
     ten = pd.read_csv(ten_csv).set_index("method")
     pixels = ten.loc[paths.RAW_PIXELS, list(SCORES)].to_dict()
-    after = runs(twenty, seed)
-    write_text(csv_path, after.round(4).to_csv(index=False))
-    after = after.set_index("method")
+    every = pd.concat([r for r in (runs(twenty, seed) for seed in seeds) if len(r)], ignore_index=True)
+    write_text(csv_path, every.round(4).to_csv(index=False))
+    after = every[every["seed"] == seeds[0]].set_index("method")
     lines = ["| method | linear, 10 -> 20 epochs | k-NN20 | k-NN200 | pretraining min (20) | bars missed at 10 | at 20 |",
              "|---|---|---|---|---|---|---|"]
     for method in paths.ALL_METHODS:
@@ -67,10 +70,27 @@ def main(twenty: Path, ten_csv: Path, csv_path: Path, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
-def results_table(csv_path: Path) -> str:
-    """The saved runs as the report's main table prints them, in the README's columns."""
-    cells = main_cells(summarise(pd.read_csv(csv_path)), COLUMNS)
+def results_table(csv_path: Path, seed: int = 0) -> str:
+    """One seed's saved runs as the report's main table prints them, in the README's columns."""
+    saved = pd.read_csv(csv_path)
+    cells = main_cells(summarise(saved[saved["seed"] == seed]), COLUMNS)
     return tables.to_markdown(cells[README_COLUMNS])
+
+
+def seeds_table(csv_path: Path) -> str:
+    """Each method with more than one saved seed: its scores per seed, mean ± s.d. and 95 %
+    Student-t interval."""
+    saved = pd.read_csv(csv_path)
+    lines = ["| method | score | per seed | mean ± s.d. | 95 % interval |", "|---|---|---|---|---|"]
+    for method, group in saved.groupby("method", sort=False):
+        if len(group) < 2:
+            continue
+        for short, column in SCORES.items():
+            values = group.sort_values("seed")[column]
+            t = t_interval(values)
+            lines.append(f"| {method} | {short} | {', '.join(f'{v:.2f}' for v in values)} (seeds {', '.join(map(str, sorted(group.seed)))}) | "
+                         f"{t['mean']:.2f} ± {t['std']:.2f} | [{t['low']:.2f}, {t['high']:.2f}] |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
@@ -78,3 +98,5 @@ if __name__ == "__main__":
     print(main(Path("results/fmnist-all-20ep"), here / "fmnist_all_10ep_seed0.csv", here / "budget_check.csv"))
     print()
     print(results_table(here / "budget_check.csv"))
+    print()
+    print(seeds_table(here / "budget_check.csv"))
