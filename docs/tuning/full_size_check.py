@@ -3,8 +3,8 @@ against the recipe it replaced, paired by seed, on the test set's linear probe a
 
     python docs/tuning/full_size_check.py   # after the two snakemake commands in docs/tuning.md
 
-reads results/fmnist-all (the presets' recipes) and results/fmnist-all-round3 (rounds 4 and 5
-undone), writes docs/tuning/full_size_check.csv (one row per method, recipe and seed) and prints
+reads results/fmnist-all-10ep (the presets' recipes at 10 epochs, fmnist-all's budget then) and
+results/fmnist-all-round3 (rounds 4 and 5 undone), writes docs/tuning/full_size_check.csv (one row per method, recipe and seed) and prints
 the paired differences with their 95 % Student-t intervals as a markdown table."""
 from __future__ import annotations
 
@@ -66,4 +66,4 @@ def main(recipes: Path, undone: Path, csv_path: Path) -> str:
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
-    print(main(Path("results/fmnist-all"), Path("results/fmnist-all-round3"), here / "full_size_check.csv"))
+    print(main(Path("results/fmnist-all-10ep"), Path("results/fmnist-all-round3"), here / "full_size_check.csv"))
