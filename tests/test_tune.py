@@ -293,3 +293,29 @@ def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_
     seeds = check.seeds_table(csv).splitlines()
     assert seeds[2] == "| byol | linear | 87.25, 86.25, 88.25 (seeds 0, 1, 2) | 87.25 ± 1.00 | [84.77, 89.73] |"
     assert len(seeds) == 2 + 3 and not any(line.startswith("| carl") for line in seeds)
+
+
+def test_knn_by_class_scores_each_class_with_the_evaluations_knn_and_refuses_other_saved_scores(tmp_path, monkeypatch):
+    check = _docs_script("knn_by_class", monkeypatch)
+    eye = np.eye(10, dtype=np.float32)
+    # three train points per class at its own axis; two test points per class, one of class 0's on class 1's axis
+    train_y, test_y = np.repeat(np.arange(10), 3), np.repeat(np.arange(10), 2)
+    test_x = eye[test_y].copy()
+    test_x[0] = eye[1]
+    for method in ("raw_pixels", "carl"):
+        folder = tmp_path / "features" / "fashion_mnist" / method / "seed0"
+        folder.mkdir(parents=True)
+        np.savez(folder / "fashion_mnist.npz", train_features=eye[train_y], train_labels=train_y,
+                 test_features=test_x, test_labels=test_y)
+        _write_scores(tmp_path, method, 0, 0.9, knn20=0.95, knn200=0.95)
+    monkeypatch.setattr(check.paths, "ALL_METHODS", ("carl",))
+    table = check.main(tmp_path, tmp_path / "by_class.csv").set_index("method")
+    assert list(table.index) == ["raw_pixels", "carl"]
+    assert (table[["k1", "k5", "k20", "k200"]] == 95.0).all().all()  # 19 of 20 test points at every k
+    assert table.loc["carl", "T-shirt/top"] == 50.0 and (table.loc["carl", "Trouser":] == 100.0).all()
+    assert pd.read_csv(tmp_path / "by_class.csv").shape == (2, 1 + 4 + 10)
+
+    (tmp_path / "metrics/fashion_mnist/carl/seed0/knn.json").write_text(json.dumps({"metrics": {"k20_top1": 0.9, "k200_top1": 0.95}}))
+    with pytest.raises(SystemExit, match="carl: k-NN20 95.00 here, 90.00 in its knn.json"):
+        check.main(tmp_path, tmp_path / "again.csv")
+    assert not (tmp_path / "again.csv").exists()
