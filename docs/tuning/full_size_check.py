@@ -4,8 +4,9 @@ against the recipe it replaced, paired by seed, on the test set's linear probe a
     python docs/tuning/full_size_check.py   # after the two snakemake commands in docs/tuning.md
 
 reads results/fmnist-all-10ep (the presets' recipes at 10 epochs, fmnist-all's budget then) and
-results/fmnist-all-round3 (rounds 4 and 5 undone), writes docs/tuning/full_size_check.csv (one row per method, recipe and seed) and prints
-the paired differences with their 95 % Student-t intervals as a markdown table."""
+results/fmnist-all-round3 (rounds 4 and 5 undone), writes docs/tuning/full_size_check.csv (one
+row per method, recipe and seed) and prints the paired differences with their 95 % Student-t
+intervals as a markdown table."""
 from __future__ import annotations
 
 from pathlib import Path

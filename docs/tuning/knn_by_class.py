@@ -17,31 +17,29 @@ import pandas as pd
 from clusterssl import paths
 from clusterssl.data.fashion_mnist import CLASSES
 from clusterssl.evaluate.protocols import knn_predict
+from clusterssl.config import load_params
 from clusterssl.io import read_json, write_text
 from clusterssl.report import tables
 
 KS = (1, 5, 20, 200)
-TEMPERATURE = 0.1  # eval.knn.temperature of every preset
+PRESET = Path(__file__).resolve().parents[2] / "config/presets/fmnist-all.yaml"  # the runs' config but for paths
 
 
-def scores(features: dict) -> dict:
+def scores(features: dict, temperature: float) -> dict:
     """Top-1 % at each k and k-NN20 recall % per class."""
     train, test = (features[f"{s}_features"] for s in ("train", "test"))
     y = np.asarray(features["test_labels"])
-    row = {}
-    for k in KS:
-        predicted = knn_predict(train, features["train_labels"], test, k, TEMPERATURE)
-        row[f"k{k}"] = 100 * float((predicted == y).mean())
-        if k == 20:
-            per_class = {name: 100 * float((predicted[y == c] == c).mean()) for c, name in enumerate(CLASSES)}
-    return {**row, **per_class}
+    predicted = {k: knn_predict(train, features["train_labels"], test, k, temperature) for k in KS}
+    return {**{f"k{k}": 100 * float((p == y).mean()) for k, p in predicted.items()},
+            **{name: 100 * float((predicted[20][y == c] == c).mean()) for c, name in enumerate(CLASSES)}}
 
 
 def main(root: Path, csv_path: Path, seed: int = 0) -> pd.DataFrame:
     params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": list(paths.ALL_METHODS)}
+    temperature = load_params(PRESET)["eval"]["knn"]["temperature"]
     rows = []
     for method in paths.evaluated_methods(params):
-        row = scores(np.load(paths.features_file(params, method, seed)))
+        row = scores(np.load(paths.features_file(params, method, seed)), temperature)
         saved = read_json(paths.metrics_file(params, method, seed, "knn"))["metrics"]
         for k in (20, 200):
             if abs(row[f"k{k}"] - 100 * saved[f"k{k}_top1"]) > 0.01:
