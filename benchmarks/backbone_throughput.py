@@ -1,8 +1,9 @@
 """Training throughput of the backbone/stem choices for 28 px grey images, measured side by
 side in one run (forward + backward, batch 256, this machine's threads). Prints images/s and
-the ratio to the default preset's choice, which is how the default backbone was picked.
+the ratio to the preset's backbone (read from --params), which is how the default backbone was
+picked (docs/default-preset.md).
 
-    python benchmarks/backbone_throughput.py [--steps 5] [--batch 256]
+    python benchmarks/backbone_throughput.py [--params params.yaml] [--steps 5] [--batch 256]
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import argparse
 import time
 
 import torch
+import yaml
 
 from clusterssl.backbones import create_backbone
 
 CHOICES = {
-    "default: resnet18 [1,1,1,1] half-width, small stem": dict(layers=[1, 1, 1, 1], channels=[32, 64, 128, 256], stem="small"),
+    "resnet18 [1,1,1,1] half-width, small stem": dict(layers=[1, 1, 1, 1], channels=[32, 64, 128, 256], stem="small"),
     "resnet18 [1,1,1,1] half-width, standard stem": dict(layers=[1, 1, 1, 1], channels=[32, 64, 128, 256], stem="standard"),
     "resnet18 [1,1,1,1] half-width, cifar stem": dict(layers=[1, 1, 1, 1], channels=[32, 64, 128, 256], stem="cifar"),
     "resnet18 [1,1,1,1] full-width, small stem": dict(layers=[1, 1, 1, 1], channels=[64, 128, 256, 512], stem="small"),
@@ -38,12 +40,15 @@ def throughput(cfg: dict, batch: int, steps: int, channels_last: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, fwd+bwd, 28x28x1")
+    preset = yaml.safe_load(open(args.params))["backbone"]
+    choices = {f"{args.params}: {preset['name']} {preset['layers']}, channels {preset['channels']}, {preset['stem']} stem": preset, **CHOICES}
     rows = []
-    for name, cfg in CHOICES.items():
+    for name, cfg in choices.items():
         for cl in (True, False):
             rows.append((name + (", channels_last" if cl else ""), throughput(cfg, args.batch, args.steps, cl)))
     ref = rows[0][1]

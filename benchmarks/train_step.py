@@ -1,0 +1,123 @@
+"""One pretraining step of a preset, its parts measured side by side in one run: the batched
+augmentation against kornia's (DESIGN.md: a hand-written kernel stays only where it is
+measurably faster), the augmentation's share of a step, and each method's step with the
+preset's memory format against the other one and against `torch.compile`. Prints ratios.
+
+    python benchmarks/train_step.py [--params params.yaml] [--methods simclr carl] [--steps 10] [--rounds 5]
+
+kornia is in the `dev` extra. Random images of the shape of the preset's prepared
+dataset; the step is
+`make_views` + `training_step` + backward + optimizer step, as in `clusterssl.train`.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import yaml
+
+from clusterssl.augment import AugmentConfig, ViewSpec, make_views
+from clusterssl.io import read_json
+from clusterssl.paths import prepared_dir
+from clusterssl.train import build_method, make_optimizer, pretrain_config
+
+
+def kornia_pipeline(cfg: AugmentConfig, size: int, channels: int) -> torch.nn.Module:
+    """kornia's ops for the same augmentation as `clusterssl.augment.augment` (crop, flip,
+    brightness/contrast and, for RGB, saturation/hue/grayscale with the same probabilities)."""
+    import kornia.augmentation as K
+
+    jitter = dict(brightness=cfg.brightness, contrast=cfg.contrast)
+    if channels == 3:
+        jitter.update(saturation=cfg.saturation, hue=cfg.hue)
+    ops = [K.RandomResizedCrop((size, size), scale=cfg.crop_scale, ratio=cfg.crop_ratio),
+           K.RandomHorizontalFlip(p=cfg.flip),
+           K.ColorJitter(**jitter, p=cfg.jitter_prob)]
+    if channels == 3 and cfg.grayscale > 0:
+        ops.append(K.RandomGrayscale(p=cfg.grayscale))
+    if cfg.solarize > 0:
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=cfg.solarize))
+    return torch.nn.Sequential(*ops)
+
+
+def ms_per_call(fns: dict, steps: int, rounds: int = 5) -> dict:
+    """Median ms per call of each function, timed in turns (`rounds` turns of `steps` calls each),
+    so that a slow spell of a shared machine falls on every contender alike."""
+    for fn in fns.values():
+        for _ in range(3):  # warm-up (and compilation)
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - t) / steps * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool):
+    cfg = pretrain_config(params, method)
+    torch.manual_seed(0)
+    model = build_method(cfg, x.shape[1], 10, 60000)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = make_optimizer(model, cfg["pretrain"], cfg["pretrain"]["lr"] * len(x) / 256)
+    aug, gen = AugmentConfig.from_params(cfg["augment"]), torch.Generator().manual_seed(0)
+    train = torch.compile(model.training_step) if compile else model.training_step
+
+    def step():
+        views = make_views(x, model.view_spec, aug, gen)
+        batch = {k: [v.contiguous(memory_format=fmt) for v in vs] if isinstance(vs, list) else vs.contiguous(memory_format=fmt)
+                 for k, vs in views.items()}
+        loss = train({**batch, "index": torch.arange(len(x)), "epoch": 3})["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.after_optimizer_step(0.5)
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--methods", nargs="*", help="default: the preset's methods")
+    ap.add_argument("--steps", type=int, default=10, help="calls per turn")
+    ap.add_argument("--rounds", type=int, default=5, help="turns per contender; the median turn is shown")
+    args = ap.parse_args()
+    params = yaml.safe_load(open(args.params))
+    meta = prepared_dir(params, params["dataset"]) / "meta.json"
+    if not meta.exists():
+        raise SystemExit(f"{meta} is missing: prepare the preset's dataset first (`clusterssl --params {args.params} data fetch`, "
+                         f"then `... data prepare`, or any Snakemake run of the preset)")
+    h, w, c = read_json(meta)["image_shape"]
+    batch = params["pretrain"]["batch_size"]
+    x = torch.rand(batch, c, h, w)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.params}: {params['dataset']}, "
+          f"batch {batch} of {tuple(x.shape[1:])}; median of {args.rounds} turns of {args.steps} calls each")
+
+    cfg = AugmentConfig.from_params(params["augment"])
+    gen = torch.Generator().manual_seed(0)
+    kornia = kornia_pipeline(cfg, x.shape[-1], x.shape[1])
+    ours, theirs = ms_per_call({"ours": lambda: make_views(x, ViewSpec(), cfg, gen),
+                                "kornia": lambda: [kornia(x) for _ in range(2)]}, args.steps, args.rounds).values()
+    print(f"two augmented views: clusterssl.augment {ours:.2f} ms, kornia.augmentation {theirs:.2f} ms: "
+          f"kornia x{theirs / ours:.2f} the time")
+
+    preset_cl = params["pretrain"]["channels_last"]
+    for method in args.methods or params["methods"]:
+        variants = {"the preset (channels_last)" if preset_cl else "the preset (contiguous)": (preset_cl, False),
+                    "contiguous" if preset_cl else "channels_last": (not preset_cl, False),
+                    "the preset + torch.compile": (preset_cl, True)}
+        times = ms_per_call({name: step_fn(params, method, x, cl, comp) for name, (cl, comp) in variants.items()}, args.steps, args.rounds)
+        ref = next(iter(times.values()))
+        print(f"{method}: the augmentation is {ours / ref:.1%} of the preset's step")
+        for name, ms in times.items():
+            print(f"  {ms:7.1f} ms/step  x{ref / ms:4.2f} speed  {name}")
+
+
+if __name__ == "__main__":
+    main()
