@@ -3,6 +3,7 @@ like with like; LaTeX cells are escaped; every report file has a caption for the
 from __future__ import annotations
 
 import pandas as pd
+import torch
 import pytest
 
 from clusterssl import paths
@@ -82,3 +83,10 @@ def test_every_report_table_and_figure_has_a_caption():
         if f.suffix in (".csv", ".png"):
             assert (ROOT / "workflow/report" / f"{f.stem}.rst").read_text().strip(), f
     assert {f.stem for f in files if f.suffix == ".png"} == {n.removesuffix(".png") for n in FIGURES}  # index.md reads each
+
+
+def test_machine_line_names_the_cpu_kernels_results_depend_on():
+    from clusterssl.report import machine
+
+    line = machine()
+    assert f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()};" in line and "logical CPUs" in line, line

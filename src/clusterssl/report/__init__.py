@@ -208,8 +208,11 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    # the instruction set PyTorch's CPU kernels use: results are bit for bit only within one (README)
+    isa = torch.backends.cpu.get_cpu_capability()
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
-    return f"{cpu}, {os.cpu_count()} logical CPUs; GPU: {gpu}; {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, PyTorch CPU kernels {isa}; GPU: {gpu}; "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
 def versions() -> str:
