@@ -5,9 +5,9 @@ preset's memory format against the other one and against `torch.compile`. Prints
 
     python benchmarks/train_step.py [--params params.yaml] [--methods simclr carl] [--steps 10] [--rounds 5]
 
-kornia is in the `dev` extra. Random images of the shape of the preset's prepared
-dataset; the step is
-`make_views` + `training_step` + backward + optimizer step, as in `clusterssl.train`.
+kornia is in the `dev` extra. Random images of the shape of the preset's prepared dataset; the
+step is `make_views` + `training_batch` + `training_step` + backward + optimizer step, as in
+`clusterssl.train`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import yaml
 from clusterssl.augment import AugmentConfig, ViewSpec, make_views
 from clusterssl.io import read_json
 from clusterssl.paths import prepared_dir
-from clusterssl.train import build_method, make_optimizer, pretrain_config
+from clusterssl.train import build_method, make_optimizer, pretrain_config, training_batch
 
 
 def kornia_pipeline(cfg: AugmentConfig, size: int, channels: int) -> torch.nn.Module:
@@ -66,12 +66,11 @@ def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, com
     model = model.to(memory_format=fmt)
     opt = make_optimizer(model, cfg["pretrain"], cfg["pretrain"]["lr"] * len(x) / 256)
     aug, gen = AugmentConfig.from_params(cfg["augment"]), torch.Generator().manual_seed(0)
+    mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
     train = torch.compile(model.training_step) if compile else model.training_step
 
     def step():
-        views = make_views(x, model.view_spec, aug, gen)
-        batch = {k: [v.contiguous(memory_format=fmt) for v in vs] if isinstance(vs, list) else vs.contiguous(memory_format=fmt)
-                 for k, vs in views.items()}
+        batch = training_batch(make_views(x, model.view_spec, aug, gen), mean, std, fmt)
         loss = train({**batch, "index": torch.arange(len(x)), "epoch": 3})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,8 +3,8 @@ like with like; LaTeX cells are escaped; every report file has a caption for the
 from __future__ import annotations
 
 import pandas as pd
-import torch
 import pytest
+import torch
 
 from clusterssl import paths
 from clusterssl.report import FIGURES, tables

@@ -93,6 +93,17 @@ class LARS(torch.optim.Optimizer):
                 p.add_(buf, alpha=-g["lr"])
 
 
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """Images in [0, 1] standardised per channel, in the memory format the model runs in."""
+    return ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous(memory_format=memory_format)
+
+
+def training_batch(views: dict, mean: torch.Tensor, std: torch.Tensor, memory_format: torch.memory_format) -> dict:
+    """`make_views`' output as `training_step` takes it (the caller adds `index` and `epoch`)."""
+    return {k: [normalise(v, mean, std, memory_format) for v in vs] if isinstance(vs, list) else normalise(vs, mean, std, memory_format)
+            for k, vs in views.items()}
+
+
 def make_optimizer(method: Method, cfg: dict, lr: float) -> torch.optim.Optimizer:
     groups = method.parameter_groups()
     wd = cfg["weight_decay"]
@@ -273,9 +284,8 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         else:
             print(f"resuming {out} at epoch {start_epoch + 1}, step {start_step}")
 
-    norm = lambda v: ((v - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    norm = lambda v: normalise(v, mean, std, memory_format)
 
     @torch.no_grad()
     def encode(encoder: torch.nn.Module, chunks, n: int) -> torch.Tensor:
@@ -359,7 +369,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
                     idx = perm[it * batch + rank * local_batch : it * batch + (rank + 1) * local_batch]
                     x = images[idx].float().div_(255)
                 views = make_views(x, model.view_spec, aug, gen)
-                b = {k: ([norm(v) for v in vs] if isinstance(vs, list) else norm(vs)) for k, vs in views.items()}
+                b = training_batch(views, mean, std, memory_format)
                 b["index"], b["epoch"] = idx, epoch
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     terms = step_fn(b)
