@@ -1,13 +1,16 @@
 """One pretraining step of a preset, its parts measured side by side in one run: the batched
 augmentation against kornia's (DESIGN.md: a hand-written kernel stays only where it is
 measurably faster), the augmentation's share of a step, and each method's step with the
-preset's memory format against the other one and against `torch.compile`. Prints ratios.
+preset's memory format against the other one and against `torch.compile`. Prints ratios and
+images/s.
 
     python benchmarks/train_step.py [--params params.yaml] [--methods simclr carl] [--steps 10] [--rounds 5]
+    python benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --batch 512 --shape 32 32 3
 
-kornia is in the `dev` extra. Random images of the shape of the preset's prepared dataset; the
-step is `make_views` + `training_batch` + `training_step` + backward + optimizer step, as in
-`clusterssl.train`.
+kornia is in the `dev` extra. Random images of the shape of the preset's prepared dataset (or
+`--shape`, for a dataset not prepared on this machine); the step is `make_views` +
+`training_batch` + `training_step` (under bf16 autocast where `pretrain.amp` turns it on) +
+backward + optimizer step, as in `clusterssl.train`, on the preset's `pretrain.device`.
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ import torch
 import yaml
 
 from clusterssl.augment import AugmentConfig, ViewSpec, make_views
-from clusterssl.io import read_json
+from clusterssl.io import UserError, read_json
 from clusterssl.paths import prepared_dir
-from clusterssl.train import build_method, make_optimizer, pretrain_config, training_batch
+from clusterssl.train import bf16_autocast, build_method, make_optimizer, pick_device, pretrain_config, training_batch
 
 
 def kornia_pipeline(cfg: AugmentConfig, size: int, channels: int) -> torch.nn.Module:
@@ -44,16 +47,20 @@ def kornia_pipeline(cfg: AugmentConfig, size: int, channels: int) -> torch.nn.Mo
 
 def ms_per_call(fns: dict, steps: int, rounds: int = 5) -> dict:
     """Median ms per call of each function, timed in turns (`rounds` turns of `steps` calls each),
-    so that a slow spell of a shared machine falls on every contender alike."""
+    so that a slow spell of a shared machine falls on every contender alike. On a GPU each turn
+    ends when its kernels have run, not when they were queued."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for fn in fns.values():
         for _ in range(3):  # warm-up (and compilation)
             fn()
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            sync()
             t = time.perf_counter()
             for _ in range(steps):
                 fn()
+            sync()
             times[name].append((time.perf_counter() - t) / steps * 1e3)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -61,17 +68,20 @@ def ms_per_call(fns: dict, steps: int, rounds: int = 5) -> dict:
 def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool):
     cfg = pretrain_config(params, method)
     torch.manual_seed(0)
-    model = build_method(cfg, x.shape[1], 10, 60000)
+    model = build_method(cfg, x.shape[1], 10, 60000).to(x.device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = make_optimizer(model, cfg["pretrain"], cfg["pretrain"]["lr"] * len(x) / 256)
-    aug, gen = AugmentConfig.from_params(cfg["augment"]), torch.Generator().manual_seed(0)
+    aug, gen = AugmentConfig.from_params(cfg["augment"]), torch.Generator(x.device).manual_seed(0)
     mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
     train = torch.compile(model.training_step) if compile else model.training_step
+    amp = bf16_autocast(cfg["pretrain"], x.device)
+    index = torch.arange(len(x), device=x.device)
 
     def step():
         batch = training_batch(make_views(x, model.view_spec, aug, gen), mean, std, fmt)
-        loss = train({**batch, "index": torch.arange(len(x)), "epoch": 3})["loss"]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = train({**batch, "index": index, "epoch": 3})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -86,21 +96,35 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", help="default: the preset's methods")
     ap.add_argument("--steps", type=int, default=10, help="calls per turn")
     ap.add_argument("--rounds", type=int, default=5, help="turns per contender; the median turn is shown")
+    ap.add_argument("--batch", type=int, help="default: the preset's pretrain.batch_size")
+    ap.add_argument("--shape", type=int, nargs=3, metavar=("H", "W", "C"),
+                    help="image shape, for a dataset not prepared here (default: the prepared dataset's)")
     args = ap.parse_args()
     params = yaml.safe_load(open(args.params))
     meta = prepared_dir(params, params["dataset"]) / "meta.json"
-    if not meta.exists():
+    if args.shape:
+        h, w, c = args.shape
+    elif meta.exists():
+        h, w, c = read_json(meta)["image_shape"]
+    else:
         raise SystemExit(f"{meta} is missing: prepare the preset's dataset first (`clusterssl --params {args.params} data fetch`, "
-                         f"then `... data prepare`, or any Snakemake run of the preset)")
-    h, w, c = read_json(meta)["image_shape"]
-    batch = params["pretrain"]["batch_size"]
-    x = torch.rand(batch, c, h, w)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.params}: {params['dataset']}, "
-          f"batch {batch} of {tuple(x.shape[1:])}; median of {args.rounds} turns of {args.steps} calls each")
+                         f"then `... data prepare`, or any Snakemake run of the preset), or give its image shape with --shape H W C")
+    try:
+        device = pick_device(params["pretrain"]["device"])
+    except UserError as exc:
+        raise SystemExit(f"{args.params}: {exc}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as clusterssl.train does
+    batch = args.batch or params["pretrain"]["batch_size"]
+    x = torch.rand(batch, c, h, w, device=device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; {args.params}: {params['dataset']}, {params['backbone']['name']}, "
+          f"batch {batch} of {tuple(x.shape[1:])}, bf16 autocast {bf16_autocast(params['pretrain'], device)}; "
+          f"median of {args.rounds} turns of {args.steps} calls each")
 
     cfg = AugmentConfig.from_params(params["augment"])
-    gen = torch.Generator().manual_seed(0)
-    kornia = kornia_pipeline(cfg, x.shape[-1], x.shape[1])
+    gen = torch.Generator(device).manual_seed(0)
+    kornia = kornia_pipeline(cfg, x.shape[-1], x.shape[1]).to(device)
     ours, theirs = ms_per_call({"ours": lambda: make_views(x, ViewSpec(), cfg, gen),
                                 "kornia": lambda: [kornia(x) for _ in range(2)]}, args.steps, args.rounds).values()
     print(f"two augmented views: clusterssl.augment {ours:.2f} ms, kornia.augmentation {theirs:.2f} ms: "
@@ -115,7 +139,7 @@ def main() -> None:
         ref = next(iter(times.values()))
         print(f"{method}: the augmentation is {ours / ref:.1%} of the preset's step")
         for name, ms in times.items():
-            print(f"  {ms:7.1f} ms/step  x{ref / ms:4.2f} speed  {name}")
+            print(f"  {ms:7.1f} ms/step  {batch / ms * 1e3:8.0f} images/s  x{ref / ms:4.2f} speed  {name}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The training loop on the tiny preset: resume after an interruption, and the GPU code
-paths (bf16 autocast, channels_last, torch.compile) exercised on the CPU."""
+paths (bf16 autocast, channels_last, torch.compile). The tiny preset's `pretrain.device: auto`
+runs them on the CPU here and on the GPU where one is visible (benchmarks/gpu.sh runs this file
+there)."""
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -143,14 +146,16 @@ def test_truncated_or_foreign_checkpoint_is_refused(tiny, carl_run):
 
 
 @pytest.mark.parametrize("method", ["carl", "simclr"])
-def test_bf16_autocast_and_channels_last_on_cpu(tiny, method):
+def test_bf16_autocast_and_channels_last(tiny, method):
     tiny["pretrain"].update(amp="bf16", channels_last=True, epochs=1)
     run = train.pretrain(tiny, method, 0, threads=1, progress=False)
     h = pd.read_csv(run / "history.csv")
     assert h["loss"].notna().all() and (h["loss"] > 0).all()
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert json.loads((run / "config.json").read_text())["device"] == expected
 
 
-def test_torch_compile_on_cpu(tiny):
+def test_torch_compile(tiny):
     pytest.importorskip("torch._inductor")
     tiny["pretrain"].update(compile=True, epochs=1)
     tiny["data"]["max_train"] = 128

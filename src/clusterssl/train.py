@@ -66,6 +66,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_autocast(tcfg: dict, device: torch.device) -> bool:
+    """Whether `pretrain.amp` turns bf16 autocast on for `device`: "auto" on CUDA only (CPUs
+    without bf16 units run it slower than fp32); "bf16" anywhere, which is how the tests exercise
+    the GPU code path on CPU."""
+    return tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
+
+
 def build_method(cfg: dict, in_chans: int, num_classes: int, num_train: int) -> Method:
     backbone = create_backbone(cfg["backbone"], in_chans)
     return get_method(cfg["method"])(backbone, cfg["method_params"], num_classes, num_train)
@@ -235,9 +242,7 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
     total_steps = steps_per_epoch * tcfg["epochs"]
     base_lr = tcfg["lr"] * batch / 256
     opt = make_optimizer(model, tcfg, base_lr)
-    # bf16 autocast: "auto" uses it on CUDA only (CPUs without bf16 units run it slower than
-    # fp32); "bf16" forces it anywhere, which is how the tests exercise the GPU code path on CPU
-    amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
+    amp = bf16_autocast(tcfg, device)
     step_fn = model.training_step
     if world > 1:
         # unused parameters: SwAV's frozen prototypes, CADC's centres before its k-means; buffers

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The GPU checks of README "On a GPU", as one script, so that a short lease of a GPU machine is
+# one call. Run from the repository root on a machine with one CUDA GPU:
+#
+#   CLUSTERSSL_DATA_MIRROR=/path/with/fashion_mnist bash benchmarks/gpu.sh [OUT_DIR]
+#
+# 1. tests/test_{train,methods,losses,augment,metrics}.py on the GPU (its runs use `pretrain.device: auto`, which picks CUDA, so
+#    bf16 autocast, channels_last, torch.compile, resume and preemption run there);
+# 2. SimCLR, ResNet-18 with the CIFAR stem, 32 px, batch 512 (paper-cifar10's recipe): images/s
+#    eager and with torch.compile, then at paper-cifar10's own batch of 256 (benchmarks/train_step.py);
+# 3. fmnist-gpu for CARL and SimCLR, seed 0, both at once on the one GPU: pretrain, embed, then
+#    linear, k-NN and k-means on the test set. The preset trains 200 epochs;
+#    FMNIST_GPU_EPOCHS=N trains N instead (warm-up scaled alike), and FMNIST_GPU_MINUTES=M picks
+#    N from a measured first epoch of both so that pretraining fits M minutes. The epochs run are
+#    in the summary: a shortened run is not the preset's number.
+#
+# Each part runs under its own time limit, and one that fails does not stop the next; the exit
+# status is non-zero if any failed. Logs and a summary go to OUT_DIR (default results/gpu).
+set -u -o pipefail
+out=${1:-results/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+failed=()
+part() {  # part NAME SECONDS LOG COMMAND...: one check, its output to the screen and to LOG
+    local name=$1 limit=$2 log=$3
+    shift 3
+    echo "=== $name ($(date -u +%T), limit ${limit}s)" | tee -a "$log"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
+    [ "$rc" = 0 ] || failed+=("$name")
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+    nproc
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")  # pytest-xdist, where installed: four at a time
+part "GPU tests" 150 "$out/tests.log" python3 -m pytest -v -p no:cacheprovider $xdist tests/test_{train,methods,losses,augment,metrics}.py
+
+bench="$out/throughput.log"
+part "SimCLR ResNet-18 CIFAR stem, batch 512" 240 "$bench" \
+    python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --batch 512 --shape 32 32 3 --steps 20 --rounds 5
+
+# fmnist-gpu, shortened only where asked; results outside OUT_DIR, the summary in it
+run=${FMNIST_GPU_DIR:-/tmp/fmnist-gpu}
+log="$out/fmnist-gpu.log"
+mkdir -p "$run"
+params_for() {  # params_for EPOCHS FILE: the preset with CARL and SimCLR, seed 0, EPOCHS epochs
+    python3 - "$1" "$2" "$run" <<'EOF'
+import sys, yaml
+epochs, path, run = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+p = yaml.safe_load(open("config/presets/fmnist-gpu.yaml"))
+full = p["pretrain"]["epochs"]
+p.update(methods=["carl", "simclr"], seeds=[0], paths={"data": f"{run}/data", "results": f"{run}/results"})
+p["pretrain"].update(epochs=epochs, warmup_epochs=max(1, round(p["pretrain"]["warmup_epochs"] * epochs / full)),
+                     checkpoint_every=max(epochs, 1))
+yaml.safe_dump(p, open(path, "w"), sort_keys=False)
+EOF
+}
+both() {  # both PARAMS: pretrain CARL and SimCLR at once; fails if either does
+    clusterssl --params "$1" pretrain --method carl --seed 0 --no-progress & local a=$!
+    clusterssl --params "$1" pretrain --method simclr --seed 0 --no-progress & local b=$!
+    wait $a && wait $b
+}
+export -f both  # `part` runs it under timeout, through bash -c
+epochs=${FMNIST_GPU_EPOCHS:-200}
+if [ -n "${FMNIST_GPU_MINUTES:-}" ]; then
+    params_for 1 "$run/probe.yaml"
+    part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $run/probe.yaml data fetch && clusterssl --params $run/probe.yaml data prepare"
+    part "fmnist-gpu: one epoch of both, to size the run" 180 "$log" bash -c "both $run/probe.yaml"
+    epochs=$(python3 - "$run/results" "$FMNIST_GPU_MINUTES" <<'EOF'
+import csv, glob, sys
+# the slower method's first epoch (training steps, cuDNN's autotuning included), +10 % for the
+# per-epoch k-NN monitor and start-up
+sec = max(float(next(csv.DictReader(open(f)))["seconds"]) for f in glob.glob(f"{sys.argv[1]}/runs/*/*/seed0/history.csv"))
+print(max(1, min(200, int(float(sys.argv[2]) * 60 / (sec * 1.1)))))
+EOF
+    ) || epochs=""
+    rm -rf "$run/results"
+    echo "fmnist-gpu: $epochs epochs fit ${FMNIST_GPU_MINUTES} min" | tee -a "$log"
+fi
+if [ -n "$epochs" ]; then
+    params_for "$epochs" "$run/params.yaml"
+    p="$run/params.yaml"
+    [ -d "$run/data/prepared" ] || part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $p data fetch && clusterssl --params $p data prepare"
+    part "fmnist-gpu: pretrain CARL and SimCLR, $epochs epochs" "${FMNIST_GPU_TIMEOUT:-86400}" "$log" bash -c "both $p"
+    evaluate() {  # evaluate PARAMS METHOD: embed, then linear, k-NN and k-means on the test set
+        clusterssl --params "$1" embed --method "$2" --seed 0 || return
+        for e in linear knn cluster; do clusterssl --params "$1" eval $e --method "$2" --seed 0 || return; done
+    }
+    export -f evaluate
+    part "fmnist-gpu: evaluate both" 300 "$log" bash -c "evaluate $p carl & a=\$!; evaluate $p simclr && wait \$a"
+    python3 - "$run/results" "$epochs" <<'EOF' 2>&1 | tee "$out/fmnist-gpu-summary.txt"
+import csv, glob, json, sys
+res, epochs = sys.argv[1], sys.argv[2]
+for m in ["carl", "simclr"]:
+    hist = list(csv.DictReader(open(f"{res}/runs/fashion_mnist/{m}/seed0/history.csv")))
+    mets = {}
+    def flat(prefix, v):  # test-set scores only
+        if isinstance(v, dict):
+            for k, w in v.items():
+                flat(f"{prefix}.{k}", w)
+        elif isinstance(v, float) and not any(s in prefix for s in ("val_top1", "train_top1", ".lr")):
+            mets[prefix] = round(v, 4)
+    for f in sorted(glob.glob(f"{res}/metrics/fashion_mnist/{m}/seed0/*.json")):
+        flat(f.rsplit("/", 1)[1][:-5], json.load(open(f))["metrics"])
+    ips = [float(h["images_per_s"]) for h in hist]
+    print(json.dumps({"method": m, "epochs": int(epochs), "pretrain_seconds": round(sum(float(h["seconds"]) for h in hist), 1),
+                      "images_per_s_median": sorted(ips)[len(ips) // 2], "last_loss": float(hist[-1]["loss"]),
+                      "online_knn20_last": float(hist[-1]["online_knn20_top1"]), **mets}))
+EOF
+    for m in carl simclr; do cp "$run/results/runs/fashion_mnist/$m/seed0/history.csv" "$out/$m-history.csv"; done
+fi
+
+part "SimCLR ResNet-18 CIFAR stem, batch 256 (paper-cifar10's)" 180 "$bench" \
+    python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --shape 32 32 3 --steps 20 --rounds 5
+
+echo "failed: ${failed[*]:-none}"
+[ ${#failed[@]} = 0 ]
