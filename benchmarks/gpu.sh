@@ -2,8 +2,9 @@
 # The GPU checks of README "On a GPU", as one script, so that a short lease of a GPU machine is
 # one call. Run from the repository root on a machine with one CUDA GPU:
 #
-#   CLUSTERSSL_DATA_MIRROR=/path/with/fashion_mnist bash benchmarks/gpu.sh [OUT_DIR]
+#   CLUSTERSSL_DATA_MIRROR=/path/with/fashion_mnist bash benchmarks/gpu.sh [OUT_DIR [PART...]]
 #
+# PARTs (default: all three, in this order): tests, throughput, fmnist.
 # 1. tests/test_{train,methods,losses,augment,metrics}.py on the GPU (its runs use `pretrain.device: auto`, which picks CUDA, so
 #    bf16 autocast, channels_last, torch.compile, resume and preemption run there);
 # 2. SimCLR, ResNet-18 with the CIFAR stem, 32 px, batch 512 (paper-cifar10's recipe): images/s
@@ -18,6 +19,9 @@
 # status is non-zero if any failed. Logs and a summary go to OUT_DIR (default results/gpu).
 set -u -o pipefail
 out=${1:-results/gpu}
+parts=" ${*:2} "
+[ "$parts" = "  " ] && parts=" tests throughput fmnist "
+want() { [[ $parts == *" $1 "* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 failed=()
@@ -40,10 +44,10 @@ part() {  # part NAME SECONDS LOG COMMAND...: one check, its output to the scree
 cat "$out/env.txt"
 
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")  # pytest-xdist, where installed: four at a time
-part "GPU tests" 150 "$out/tests.log" python3 -m pytest -v -p no:cacheprovider $xdist tests/test_{train,methods,losses,augment,metrics}.py
+want tests && part "GPU tests" 150 "$out/tests.log" python3 -m pytest -v -p no:cacheprovider $xdist tests/test_{train,methods,losses,augment,metrics}.py
 
 bench="$out/throughput.log"
-part "SimCLR ResNet-18 CIFAR stem, batch 512" 240 "$bench" \
+want throughput && part "SimCLR ResNet-18 CIFAR stem, batch 512" 240 "$bench" \
     python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --batch 512 --shape 32 32 3 --steps 20 --rounds 5
 
 # fmnist-gpu, shortened only where asked; results outside OUT_DIR, the summary in it
@@ -69,7 +73,8 @@ both() {  # both PARAMS: pretrain CARL and SimCLR at once; fails if either does
 }
 export -f both  # `part` runs it under timeout, through bash -c
 epochs=${FMNIST_GPU_EPOCHS:-200}
-if [ -n "${FMNIST_GPU_MINUTES:-}" ]; then
+want fmnist || epochs=""
+if [ -n "$epochs" ] && [ -n "${FMNIST_GPU_MINUTES:-}" ]; then
     params_for 1 "$run/probe.yaml"
     part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $run/probe.yaml data fetch && clusterssl --params $run/probe.yaml data prepare"
     part "fmnist-gpu: one epoch of both, to size the run" 180 "$log" bash -c "both $run/probe.yaml"
@@ -90,8 +95,10 @@ if [ -n "$epochs" ]; then
     [ -d "$run/data/prepared" ] || part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $p data fetch && clusterssl --params $p data prepare"
     part "fmnist-gpu: pretrain CARL and SimCLR, $epochs epochs" "${FMNIST_GPU_TIMEOUT:-86400}" "$log" bash -c "both $p"
     evaluate() {  # evaluate PARAMS METHOD: embed, then linear, k-NN and k-means on the test set
-        clusterssl --params "$1" embed --method "$2" --seed 0 || return
-        for e in linear knn cluster; do clusterssl --params "$1" eval $e --method "$2" --seed 0 || return; done
+        # few threads each, as the workflow's rules give them: the probe's small steps on every
+        # core in two processes at once ran for minutes instead of seconds
+        clusterssl --params "$1" embed --method "$2" --seed 0 --threads 4 || return
+        for e in linear knn cluster; do clusterssl --params "$1" eval $e --method "$2" --seed 0 --threads 4 || return; done
     }
     export -f evaluate
     part "fmnist-gpu: evaluate both" 300 "$log" bash -c "evaluate $p carl & a=\$!; evaluate $p simclr && wait \$a"
@@ -117,7 +124,7 @@ EOF
     for m in carl simclr; do cp "$run/results/runs/fashion_mnist/$m/seed0/history.csv" "$out/$m-history.csv"; done
 fi
 
-part "SimCLR ResNet-18 CIFAR stem, batch 256 (paper-cifar10's)" 180 "$bench" \
+want throughput && part "SimCLR ResNet-18 CIFAR stem, batch 256 (paper-cifar10's)" 180 "$bench" \
     python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --shape 32 32 3 --steps 20 --rounds 5
 
 echo "failed: ${failed[*]:-none}"
