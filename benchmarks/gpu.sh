@@ -43,8 +43,8 @@ part() {  # part NAME SECONDS LOG COMMAND...: one check, its output to the scree
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")  # pytest-xdist, where installed: four at a time
-want tests && part "GPU tests" 150 "$out/tests.log" python3 -m pytest -v -p no:cacheprovider $xdist tests/test_{train,methods,losses,augment,metrics}.py
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed: eight at a time
+want tests && part "GPU tests" 300 "$out/tests.log" python3 -m pytest -v --tb=short -p no:cacheprovider $xdist tests/test_{train,methods,losses,augment,metrics}.py
 
 bench="$out/throughput.log"
 want throughput && part "SimCLR ResNet-18 CIFAR stem, batch 512" 240 "$bench" \
