@@ -58,7 +58,7 @@ def _tiny_params(tmp_path, **pretrain) -> Path:
     params = yaml.safe_load((PARAMS_YAML.parent / "config/presets/tiny.yaml").read_text())
     params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
     params["data"]["max_train"] = 256
-    params["pretrain"].update({"epochs": 1, "batch_size": 64, **pretrain})
+    params["pretrain"].update({"epochs": 1, "batch_size": 64, "device": "cpu", **pretrain})  # gloo, also where a GPU is visible
     validate(params)
     data.fetch("digits", paths.raw_dir(params, "digits"))
     data.prepare("digits", paths.raw_dir(params, "digits"), paths.prepared_dir(params, "digits"))
@@ -103,3 +103,16 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     assert done.returncode != 0
     assert "pretrain.batch_size 63 does not split evenly over pretrain.processes 2; make it a multiple of 2" in done.stderr
     assert not (tmp_path / "results/runs/digits").exists()
+
+
+def test_more_processes_than_gpus_is_refused_before_launching(tmp_path, monkeypatch, capsys):
+    from clusterssl import cli
+
+    params = _tiny_params(tmp_path, processes=2, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr("subprocess.Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    assert cli.main(["--params", str(params), "pretrain", "--method", "simclr"]) != 0
+    err = capsys.readouterr().err
+    assert "pretrain.processes is 2 but 1 GPU(s) are visible" in err and "pretrain.device to cpu" in err, err
+    assert not (tmp_path / "results").exists()

@@ -52,6 +52,16 @@ def cmd_pretrain(args):
         raise UserError(f"{args.params}: no 'method_params.{args.method}' section")
     processes = p["pretrain"]["processes"]
     if processes > 1 and not distributed.launched_by_torchrun():
+        import torch
+
+        from .train import pick_device
+
+        gpus = torch.cuda.device_count()
+        if pick_device(p["pretrain"]["device"]).type == "cuda" and processes > gpus:
+            # NCCL takes one GPU per process; without this, torchrun's processes fail one by one
+            raise UserError(f"{args.params}: pretrain.processes is {processes} but {gpus} GPU(s) are visible, and each "
+                            f"process takes one; set pretrain.processes to at most {gpus}, or pretrain.device to cpu "
+                            "for CPU processes (gloo)")
         # the same command again, once per process, under torchrun (one node; a cluster job
         # asks the scheduler for that many GPUs on it)
         import signal
