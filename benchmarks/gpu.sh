@@ -8,7 +8,8 @@
 # 1. tests/test_{train,methods,losses,augment,metrics}.py on the GPU (its runs use `pretrain.device: auto`, which picks CUDA, so
 #    bf16 autocast, channels_last, torch.compile, resume and preemption run there);
 # 2. SimCLR, ResNet-18 with the CIFAR stem, 32 px, batch 512 (paper-cifar10's recipe): images/s
-#    eager and with torch.compile, then at paper-cifar10's own batch of 256 (benchmarks/train_step.py);
+#    eager and with torch.compile (benchmarks/train_step.py); after part 3, the same at each paper
+#    preset's own settings (CIFAR 32 px, STL-10 96 px, ImageNet-100 224 px), for their hours;
 # 3. fmnist-gpu for CARL and SimCLR, seed 0, both at once on the one GPU: pretrain, embed, then
 #    linear, k-NN and k-means on the test set. The preset trains 200 epochs;
 #    FMNIST_GPU_EPOCHS=N trains N instead (warm-up scaled alike), and FMNIST_GPU_MINUTES=M picks
@@ -48,7 +49,7 @@ want tests && part "GPU tests" 300 "$out/tests.log" python3 -m pytest -v --tb=sh
 
 bench="$out/throughput.log"
 want throughput && part "SimCLR ResNet-18 CIFAR stem, batch 512" 240 "$bench" \
-    python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --batch 512 --shape 32 32 3 --steps 20 --rounds 5
+    python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --batch 512 --shape 32 32 3 --steps 20 --rounds 5 < /dev/null
 
 # fmnist-gpu, shortened only where asked; results outside OUT_DIR, the summary in it
 run=${FMNIST_GPU_DIR:-/tmp/fmnist-gpu}
@@ -124,8 +125,16 @@ EOF
     for m in carl simclr; do cp "$run/results/runs/fashion_mnist/$m/seed0/history.csv" "$out/$m-history.csv"; done
 fi
 
-want throughput && part "SimCLR ResNet-18 CIFAR stem, batch 256 (paper-cifar10's)" 180 "$bench" \
-    python3 benchmarks/train_step.py --params config/presets/paper-cifar10.yaml --methods simclr --shape 32 32 3 --steps 20 --rounds 5
+# each paper preset's own step (imagenet100: one of its two processes' share of the batch), for
+# its hours: epochs x train images / images/s
+while read -r preset side batch; do
+    want throughput && part "SimCLR at $preset's settings, batch $batch" 180 "$bench" \
+        python3 benchmarks/train_step.py --params "config/presets/$preset.yaml" --methods simclr --batch "$batch" --shape "$side" "$side" 3 --steps 20 --rounds 5 < /dev/null
+done <<'EOF'
+paper-cifar10 32 256
+paper-stl10 96 256
+paper-imagenet100 224 128
+EOF
 
 echo "failed: ${failed[*]:-none}"
 [ ${#failed[@]} = 0 ]
