@@ -10,7 +10,9 @@ images/s.
 kornia is in the `dev` extra. Random images of the shape of the preset's prepared dataset (or
 `--shape`, for a dataset not prepared on this machine); the step is `make_views` +
 `training_batch` + `training_step` (under bf16 autocast where `pretrain.amp` turns it on) +
-backward + optimizer step, as in `clusterssl.train`, on the preset's `pretrain.device`.
+the loop's per-step reads of the loss (its finite check and running sums) + backward + optimizer
+step, as in `clusterssl.train`, on the preset's `pretrain.device`; one contender leaves the reads
+out, which on a GPU is what they cost.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def ms_per_call(fns: dict, steps: int, rounds: int = 5) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool):
+def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool, reads: bool = True):
     cfg = pretrain_config(params, method)
     torch.manual_seed(0)
     model = build_method(cfg, x.shape[1], 10, 60000).to(x.device)
@@ -81,7 +83,11 @@ def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, com
     def step():
         batch = training_batch(make_views(x, model.view_spec, aug, gen), mean, std, fmt)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = train({**batch, "index": index, "epoch": 3})["loss"]
+            terms = train({**batch, "index": index, "epoch": 3})
+        loss = terms["loss"]
+        if reads:  # as clusterssl.train does every step: the finite check and the running sums
+            bool(torch.isfinite(loss))
+            [float(v.detach()) for v in terms.values()]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,10 +138,12 @@ def main() -> None:
 
     preset_cl = params["pretrain"]["channels_last"]
     for method in args.methods or params["methods"]:
-        variants = {"the preset (channels_last)" if preset_cl else "the preset (contiguous)": (preset_cl, False),
-                    "contiguous" if preset_cl else "channels_last": (not preset_cl, False),
-                    "the preset + torch.compile": (preset_cl, True)}
-        times = ms_per_call({name: step_fn(params, method, x, cl, comp) for name, (cl, comp) in variants.items()}, args.steps, args.rounds)
+        variants = {"the preset (channels_last)" if preset_cl else "the preset (contiguous)": (preset_cl, False, True),
+                    "contiguous" if preset_cl else "channels_last": (not preset_cl, False, True),
+                    "the preset + torch.compile": (preset_cl, True, True),
+                    # on a GPU each read waits for the step's kernels: what the loop would gain without them
+                    "the preset without the loop's per-step reads of the loss": (preset_cl, False, False)}
+        times = ms_per_call({name: step_fn(params, method, x, *v) for name, v in variants.items()}, args.steps, args.rounds)
         ref = next(iter(times.values()))
         print(f"{method}: the augmentation is {ours / ref:.1%} of the preset's step")
         for name, ms in times.items():

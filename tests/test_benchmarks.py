@@ -69,6 +69,7 @@ def test_benchmarks_run_on_the_tiny_preset(tmp_path):
     assert "batch 32 of (1, 8, 8), bf16 autocast False" in step.stdout and " images/s " in step.stdout, step.stdout
     assert "kornia.augmentation" in step.stdout and "simclr: the augmentation is" in step.stdout, step.stdout
     assert "x1.00 speed  the preset (channels_last)" in step.stdout and "the preset + torch.compile" in step.stdout, step.stdout
+    assert "the preset without the loop's per-step reads of the loss" in step.stdout, step.stdout
 
     backbones = script("backbone_throughput.py", "--batch", "8")
     assert backbones.returncode == 0, backbones.stderr[-3000:]
