@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks of README "On a GPU", as one script, so that a short lease of a GPU machine is
-# one call. Run from the repository root on a machine with one CUDA GPU:
+# The GPU checks (docs/gpu.md), as one script, so that a short lease of a GPU machine is one
+# call. Run from the repository root on a machine with one CUDA GPU:
 #
 #   CLUSTERSSL_DATA_MIRROR=/path/with/fashion_mnist bash benchmarks/gpu.sh [OUT_DIR [PART...]]
 #
 # PARTs (default: all three, in this order): tests, throughput, fmnist.
-# 1. tests/test_{train,methods,losses,augment,metrics}.py on the GPU (its runs use `pretrain.device: auto`, which picks CUDA, so
-#    bf16 autocast, channels_last, torch.compile, resume and preemption run there);
+# 1. tests/test_{train,methods,losses,augment,metrics}.py on the GPU (their runs use
+#    `pretrain.device: auto`, which picks CUDA, so bf16 autocast, channels_last, torch.compile,
+#    resume and preemption run there);
 # 2. SimCLR, ResNet-18 with the CIFAR stem, 32 px, batch 512 (paper-cifar10's recipe): images/s
 #    eager and with torch.compile (benchmarks/train_step.py); after part 3, the same at each paper
 #    preset's own settings (CIFAR 32 px, STL-10 96 px, ImageNet-100 224 px), for their hours;
@@ -63,7 +64,7 @@ p = yaml.safe_load(open("config/presets/fmnist-gpu.yaml"))
 full = p["pretrain"]["epochs"]
 p.update(methods=["carl", "simclr"], seeds=[0], paths={"data": f"{run}/data", "results": f"{run}/results"})
 p["pretrain"].update(epochs=epochs, warmup_epochs=max(1, round(p["pretrain"]["warmup_epochs"] * epochs / full)),
-                     checkpoint_every=max(epochs, 1))
+                     checkpoint_every=min(p["pretrain"]["checkpoint_every"], epochs))
 yaml.safe_dump(p, open(path, "w"), sort_keys=False)
 EOF
 }
