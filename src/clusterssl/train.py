@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, paths
-from .augment import AugmentConfig, make_views
+from .augment import AugmentConfig, make_views, normalise
 from .backbones import create_backbone
 from .config import fingerprint
 from .data import load_meta, load_prepared
@@ -98,11 +98,6 @@ class LARS(torch.optim.Optimizer):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.mul_(g["momentum"]).add_(d)
                 p.add_(buf, alpha=-g["lr"])
-
-
-def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """Images in [0, 1] standardised per channel, in the memory format the model runs in."""
-    return ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).contiguous(memory_format=memory_format)
 
 
 def training_batch(views: dict, mean: torch.Tensor, std: torch.Tensor, memory_format: torch.memory_format) -> dict:

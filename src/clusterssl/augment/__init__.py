@@ -18,6 +18,13 @@ import torch.nn.functional as F
 _LUMA = (0.299, 0.587, 0.114)
 
 
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, memory_format: torch.memory_format | None = None) -> torch.Tensor:
+    """Images in [0, 1] standardised per channel; in `memory_format` where one is given (the one
+    the model trains in), else in the layout they came in."""
+    y = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return y if memory_format is None else y.contiguous(memory_format=memory_format)
+
+
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
 

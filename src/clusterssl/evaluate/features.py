@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import paths
-from ..augment import grey
+from ..augment import grey, normalise
 from ..data import load_meta, load_prepared
 from ..io import UserError, atomic_path
 
@@ -23,7 +23,7 @@ def encode(model, split, mean, std, device, batch_size: int) -> tuple[np.ndarray
     feats, clusters = None, None
     for idx, images in split.chunks(batch_size):
         x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
-        x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        x = normalise(x, mean, std)
         h = encoder(x)
         logits = model.cluster_logits(h)
         if feats is None:

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import paths
-from ..augment import random_resized_crop
+from ..augment import normalise, random_resized_crop
 from ..data import load_prepared
 from ..data.splits import load_split
 from ..io import write_json
@@ -32,10 +32,6 @@ from .features import raw_features
 from .protocols import select_and_probe
 
 CROP_RATIO = (3 / 4, 4 / 3)
-
-
-def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std, cfg: dict, lr: float, seed: int, amp: bool) -> nn.Module:
@@ -60,7 +56,7 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
         idx, queue = queue[:batch].to(device), queue[batch:]
         x = random_resized_crop(images[idx].float().div_(255), size, tuple(cfg["crop_scale"]), CROP_RATIO, cfg["flip"], gen)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(_normalise(x, mean, std)).float(), labels[idx])
+            loss = F.cross_entropy(model(normalise(x, mean, std)).float(), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -73,7 +69,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        x = _normalise(images[i : i + batch_size].float().div(255), mean, std)
+        x = normalise(images[i : i + batch_size].float().div(255), mean, std)
         correct += int((model(x).argmax(1) == labels[i : i + batch_size]).sum())
     return correct / max(1, len(images))
 
