@@ -74,18 +74,21 @@ both() {  # both PARAMS: pretrain CARL and SimCLR at once; fails if either does
     wait $a && wait $b
 }
 export -f both  # `part` runs it under timeout, through bash -c
-epochs=${FMNIST_GPU_EPOCHS:-200}
+full=$(python3 -c "import yaml; print(yaml.safe_load(open('config/presets/fmnist-gpu.yaml'))['pretrain']['epochs'])")
+epochs=${FMNIST_GPU_EPOCHS:-$full}
 want fmnist || epochs=""
+if [ -n "$epochs" ]; then
+    params_for 1 "$run/probe.yaml"  # one epoch; its data paths are the run's
+    [ -d "$run/data/prepared" ] || part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $run/probe.yaml data fetch && clusterssl --params $run/probe.yaml data prepare"
+fi
 if [ -n "$epochs" ] && [ -n "${FMNIST_GPU_MINUTES:-}" ]; then
-    params_for 1 "$run/probe.yaml"
-    part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $run/probe.yaml data fetch && clusterssl --params $run/probe.yaml data prepare"
     part "fmnist-gpu: one epoch of both, to size the run" 180 "$log" bash -c "both $run/probe.yaml"
-    epochs=$(python3 - "$run/results" "$FMNIST_GPU_MINUTES" <<'EOF'
+    epochs=$(python3 - "$run/results" "$FMNIST_GPU_MINUTES" "$full" <<'EOF'
 import csv, glob, sys
 # the slower method's first epoch (training steps, cuDNN's autotuning included), +10 % for the
 # per-epoch k-NN monitor and start-up
 sec = max(float(next(csv.DictReader(open(f)))["seconds"]) for f in glob.glob(f"{sys.argv[1]}/runs/*/*/seed0/history.csv"))
-print(max(1, min(200, int(float(sys.argv[2]) * 60 / (sec * 1.1)))))
+print(max(1, min(int(sys.argv[3]), int(float(sys.argv[2]) * 60 / (sec * 1.1)))))
 EOF
     ) || epochs=""
     rm -rf "$run/results"
@@ -94,7 +97,6 @@ fi
 if [ -n "$epochs" ]; then
     params_for "$epochs" "$run/params.yaml"
     p="$run/params.yaml"
-    [ -d "$run/data/prepared" ] || part "fmnist-gpu data" 120 "$log" bash -c "clusterssl --params $p data fetch && clusterssl --params $p data prepare"
     part "fmnist-gpu: pretrain CARL and SimCLR, $epochs epochs" "${FMNIST_GPU_TIMEOUT:-86400}" "$log" bash -c "both $p"
     evaluate() {  # evaluate PARAMS METHOD: embed, then linear, k-NN and k-means on the test set
         # few threads each, as the workflow's rules give them: the probe's small steps on every
