@@ -11,8 +11,9 @@ kornia is in the `dev` extra. Random images of the shape of the preset's prepare
 `--shape`, for a dataset not prepared on this machine); the step is `make_views` +
 `training_batch` + `training_step` (under bf16 autocast where `pretrain.amp` turns it on) +
 the loop's per-step reads of the loss (its finite check and running sums) + backward + optimizer
-step, as in `clusterssl.train`, on the preset's `pretrain.device`; one contender leaves the reads
-out, which on a GPU is what they cost.
+step, as in `clusterssl.train`, on the preset's `pretrain.device` with the loop's deterministic
+kernels (`clusterssl.train.use_device`); one contender leaves the reads out, which on a GPU is
+what they cost, and one lets cuDNN autotune, which on a GPU is what determinism costs.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import yaml
 from clusterssl.augment import AugmentConfig, ViewSpec, make_views
 from clusterssl.io import UserError, read_json
 from clusterssl.paths import prepared_dir
-from clusterssl.train import bf16_autocast, build_method, make_optimizer, pick_device, pretrain_config, training_batch
+from clusterssl.train import bf16_autocast, build_method, make_optimizer, pretrain_config, training_batch, use_device
 
 
 def kornia_pipeline(cfg: AugmentConfig, size: int, channels: int) -> torch.nn.Module:
@@ -67,7 +68,8 @@ def ms_per_call(fns: dict, steps: int, rounds: int = 5) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool, reads: bool = True):
+def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool, reads: bool = True,
+            deterministic: bool = True):
     cfg = pretrain_config(params, method)
     torch.manual_seed(0)
     model = build_method(cfg, x.shape[1], 10, 60000).to(x.device)
@@ -81,6 +83,19 @@ def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, com
     index = torch.arange(len(x), device=x.device)
 
     def step():
+        if deterministic:
+            return one_step()
+        # the switches clusterssl.train.use_device sets are global: turned off for this step only
+        was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        try:
+            one_step()
+        finally:
+            torch.use_deterministic_algorithms(was[0])
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = was[1:]
+
+    def one_step():
         batch = training_batch(make_views(x, model.view_spec, aug, gen), mean, std, fmt)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             terms = train({**batch, "index": index, "epoch": 3})
@@ -116,11 +131,9 @@ def main() -> None:
         raise SystemExit(f"{meta} is missing: prepare the preset's dataset first (`clusterssl --params {args.params} data fetch`, "
                          f"then `... data prepare`, or any Snakemake run of the preset), or give its image shape with --shape H W C")
     try:
-        device = pick_device(params["pretrain"]["device"])
+        device = use_device(params["pretrain"]["device"])  # as clusterssl.train does: deterministic kernels
     except UserError as exc:
         raise SystemExit(f"{args.params}: {exc}")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as clusterssl.train does
     batch = args.batch or params["pretrain"]["batch_size"]
     x = torch.rand(batch, c, h, w, device=device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -142,7 +155,10 @@ def main() -> None:
                     "contiguous" if preset_cl else "channels_last": (not preset_cl, False, True),
                     "the preset + torch.compile": (preset_cl, True, True),
                     # on a GPU each read waits for the step's kernels: what the loop would gain without them
-                    "the preset without the loop's per-step reads of the loss": (preset_cl, False, False)}
+                    "the preset without the loop's per-step reads of the loss": (preset_cl, False, False),
+                    # the loop runs CUDA's deterministic kernels; what autotuned ones would gain (on a CPU
+                    # the switches change nothing: a control)
+                    "the preset with cuDNN autotuning, not bit for bit": (preset_cl, False, True, False)}
         times = ms_per_call({name: step_fn(params, method, x, *v) for name, v in variants.items()}, args.steps, args.rounds)
         ref = next(iter(times.values()))
         print(f"{method}: the augmentation is {ours / ref:.1%} of the preset's step")

@@ -5,6 +5,7 @@ there)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -248,6 +249,32 @@ def test_sigkill_mid_epoch_resumes_from_the_last_epoch_checkpoint_bit_for_bit(si
     rerun = subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert f"resuming {run} at epoch 3, step 0" in rerun.stdout
     _assert_same_run(run, reference, history)
+
+
+@pytest.fixture
+def kernel_switches():
+    """Puts back the global kernel switches `use_device` sets."""
+    was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    yield
+    torch.use_deterministic_algorithms(was[0])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = was[1:]
+
+
+def test_cuda_runs_deterministic_kernels_and_cpu_runs_are_left_alone(kernel_switches, monkeypatch):
+    # the bit-for-bit tests above failed on an H200 with cuDNN autotuning and pass with these
+    # switches (docs/gpu.md); here the CUDA branch runs with a faked GPU
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    assert train.use_device("cpu").type == "cpu"
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.use_device("auto").type == "cuda"
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_nan_stops_naming_epoch_step_and_term_and_keeps_the_last_checkpoint(tiny, monkeypatch):

@@ -72,7 +72,7 @@ def match_shape(images: np.ndarray, shape) -> np.ndarray:
 
 def embed(params: dict, method: str, seed: int, dataset: str | None = None, threads: int | None = None) -> Path:
     """Features of `dataset` (default: the pretraining dataset) under `method`'s encoder."""
-    from ..train import load_trained, pick_device  # imported here: it pulls in timm
+    from ..train import load_trained, use_device  # imported here: it pulls in timm
 
     if threads:
         torch.set_num_threads(threads)
@@ -87,7 +87,7 @@ def embed(params: dict, method: str, seed: int, dataset: str | None = None, thre
     if method == paths.RAW_PIXELS:
         out["train_features"], out["test_features"] = raw_features(train), raw_features(test)
     else:
-        device = pick_device(params["pretrain"]["device"])
+        device = use_device(params["pretrain"]["device"])
         model, state = load_trained(params, method, seed, device)
         mean, std = state["mean"].to(device), state["std"].to(device)
         bs = params["eval"]["batch_size"]

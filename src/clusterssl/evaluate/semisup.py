@@ -97,7 +97,7 @@ def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, n
 
 def semisup(params: dict, method: str, seed: int, fraction: float, threads: int | None = None) -> Path:
     from ..backbones import create_backbone  # imported here: timm is slow to import
-    from ..train import bf16_autocast, load_trained, pick_device
+    from ..train import bf16_autocast, load_trained, use_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -116,7 +116,7 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
                                   epochs, lin["lr"], lin["weight_decay"], lin["batch_size"], seed, lin["val_fraction"])
         settings = {"linear": lin, "epochs": epochs}
     else:
-        device = pick_device(params["pretrain"]["device"])
+        device = use_device(params["pretrain"]["device"])
         amp = bf16_autocast(params["pretrain"], device)
         as_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(device)
         train_x, test_x = as_tensor(train.take(subset)), as_tensor(test.take(np.arange(len(test))))
