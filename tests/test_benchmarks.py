@@ -1,5 +1,5 @@
 """The benchmarks in benchmarks/: the kornia pipeline they compare against does the same
-augmentation as clusterssl.augment, and both scripts run on the tiny preset."""
+augmentation as clusterssl.augment, and the scripts run on the tiny preset."""
 from __future__ import annotations
 
 import dataclasses
@@ -70,6 +70,12 @@ def test_benchmarks_run_on_the_tiny_preset(tmp_path):
     assert "kornia.augmentation" in step.stdout and "simclr: the augmentation is" in step.stdout, step.stdout
     assert "x1.00 speed  the preset (channels_last)" in step.stdout and "the preset + torch.compile" in step.stdout, step.stdout
     assert "the preset without the loop's per-step reads of the loss" in step.stdout, step.stdout
+    assert "the preset with cuDNN autotuning, not bit for bit" in step.stdout, step.stdout
+
+    layouts = script("job_threads.py", "--rounds", "1", "--cores", "2", "--methods", "simclr", "carl", "--shape", "8", "8", "1", "--startup", "8")
+    assert layouts.returncode == 0, layouts.stderr[-3000:]
+    assert "x1.00 speed  one after another, 2 threads each" in layouts.stdout, layouts.stdout
+    assert "side by side, 1 thread each" in layouts.stdout, layouts.stdout
 
     backbones = script("backbone_throughput.py", "--batch", "8")
     assert backbones.returncode == 0, backbones.stderr[-3000:]
