@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GRID = [(epochs, lr) for epochs in (30, 100) for lr in (0.001, 0.003, 0.01, 0.03)]
 
 
-def main() -> None:
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results/features/fashion_mnist")
-    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+def check(folder: Path, out: Path) -> pd.DataFrame:
+    """Every grid point's held-out score to `out`; returns the best of each grid per row and seed."""
     lin = load_params(ROOT / "params.yaml")["eval"]["linear"]
     rows = []
     for method in ("carl", "simclr", "raw_pixels"):
@@ -38,7 +37,7 @@ def main() -> None:
             z = np.load(f)
             x, y = z["train_features"], z["train_labels"]
             perm = np.random.default_rng(seed).permutation(len(x))  # the split select_and_probe makes
-            n_val = int(round(lin["val_fraction"] * len(x)))
+            n_val = max(1, int(round(lin["val_fraction"] * len(x))))
             val, fit = perm[:n_val], perm[n_val:]
             for epochs, lr in GRID:
                 r = linear_probe(x[fit], y[fit], x[val], y[val], epochs, lr, lin["weight_decay"], lin["batch_size"], seed)
@@ -46,12 +45,18 @@ def main() -> None:
                              "val_top1": round(100 * r["top1"], 2), "fit_top1": round(100 * r["train_top1"], 2)})
                 print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(Path(__file__).with_suffix(".csv"), index=False)
+    table.to_csv(out, index=False)
     preset = table[(table.epochs == lin["epochs"]) & table.lr.isin(lin["lr"])]
     best = lambda t: t.groupby(["method", "seed"])["val_top1"].max()
-    out = pd.DataFrame({"the protocol's grid": best(preset), "the wider grid": best(table)})
-    out["gain"] = out["the wider grid"] - out["the protocol's grid"]
-    print(out.to_string())
+    summary = pd.DataFrame({"the protocol's grid": best(preset), "the wider grid": best(table)})
+    summary["gain"] = (summary["the wider grid"] - summary["the protocol's grid"]).round(2)
+    return summary
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results/features/fashion_mnist")
+    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+    print(check(folder, Path(__file__).with_suffix(".csv")).to_string())
 
 
 if __name__ == "__main__":
