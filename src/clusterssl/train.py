@@ -74,7 +74,7 @@ def use_device(name: str) -> torch.device:
     kernels (docs/gpu.md). CPU kernels are deterministic already and are left as they are."""
     device = pick_device(name)
     if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, i.e. after this
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: in a stage's own process, after this
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     return device
