@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from clusterssl.config import load_params
-from clusterssl.evaluate.protocols import linear_probe
+from clusterssl.evaluate.protocols import held_out_split, linear_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = [(epochs, lr) for epochs in (30, 100) for lr in (0.001, 0.003, 0.01, 0.03)]
@@ -36,9 +36,7 @@ def check(folder: Path, out: Path) -> pd.DataFrame:
             seed = int(f.parent.name[4:])
             z = np.load(f)
             x, y = z["train_features"], z["train_labels"]
-            perm = np.random.default_rng(seed).permutation(len(x))  # the split select_and_probe makes
-            n_val = max(1, int(round(lin["val_fraction"] * len(x))))
-            val, fit = perm[:n_val], perm[n_val:]
+            val, fit = held_out_split(len(x), lin["val_fraction"], seed)  # the split select_and_probe makes
             for epochs, lr in GRID:
                 r = linear_probe(x[fit], y[fit], x[val], y[val], epochs, lr, lin["weight_decay"], lin["batch_size"], seed)
                 rows.append({"method": method, "seed": seed, "epochs": epochs, "lr": lr,

@@ -7,6 +7,14 @@ import torch.nn.functional as F
 from .metrics import clustering_scores, matched_confusion
 
 
+def held_out_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, fit) indices of n items: a seeded `fraction` (at least one) held out for a
+    choice of learning rate, the rest to fit on."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(fraction * n)))
+    return perm[:n_val], perm[n_val:]
+
+
 def select_and_probe(train_x, train_y, test_x, test_y, epochs: int, lrs: list[float], weight_decay: float, batch_size: int, seed: int, val_fraction: float) -> dict:
     """The linear-probe protocol: each learning rate in `lrs` is fitted on the train features
     minus a seeded, held-out `val_fraction`; the one with the best validation top-1 is refitted
@@ -15,9 +23,7 @@ def select_and_probe(train_x, train_y, test_x, test_y, epochs: int, lrs: list[fl
     train_x, train_y = np.asarray(train_x), np.asarray(train_y)
     val_acc = {}
     if len(lrs) > 1:
-        perm = np.random.default_rng(seed).permutation(len(train_x))
-        n_val = max(1, int(round(val_fraction * len(train_x))))
-        val, fit = perm[:n_val], perm[n_val:]
+        val, fit = held_out_split(len(train_x), val_fraction, seed)
         for lr in lrs:
             val_acc[lr] = linear_probe(train_x[fit], train_y[fit], train_x[val], train_y[val], epochs, lr, weight_decay, batch_size, seed)["top1"]
     best = max(lrs, key=lambda lr: val_acc.get(lr, 0.0))

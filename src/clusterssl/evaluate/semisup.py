@@ -29,7 +29,7 @@ from ..data import load_prepared
 from ..data.splits import load_split
 from ..io import write_json
 from .features import raw_features
-from .protocols import select_and_probe
+from .protocols import held_out_split, select_and_probe
 
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -79,9 +79,7 @@ def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, n
     score on test (the test tensors are used only for that last score)."""
     val_top1 = {}
     if len(cfg["lr"]) > 1:
-        perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_x)))
-        n_val = max(1, int(round(cfg["val_fraction"] * len(train_x))))
-        val, fit = perm[:n_val].to(train_x.device), perm[n_val:].to(train_x.device)
+        val, fit = (torch.from_numpy(i).to(train_x.device) for i in held_out_split(len(train_x), cfg["val_fraction"], seed))
         for lr in cfg["lr"]:
             m = finetune(copy.deepcopy(backbone), train_x[fit], train_y[fit], num_classes, mean, std, cfg, lr, seed, amp)
             val_top1[lr] = accuracy(m, train_x[val], train_y[val], mean, std, eval_batch)
