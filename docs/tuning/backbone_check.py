@@ -1,0 +1,81 @@
+"""Issue 12's remaining lever, measured: a half-width backbone at the same pretraining compute.
+
+The default preset's backbone is channels 16-32-64-256 for 10 epochs. A half-width net (channels
+32-64-128-256, the plain reference SimCLR's) costs about 1.7x per pretraining step on a 2-core
+CPU, so 6 epochs of it cost what 10 of the preset's do. This trains both default methods (CARL,
+SimCLR) both ways at full size on held-out data: the search's held-out draw (10,000 train images,
+seed 0) is scored, all 50,000 others pretrain and fit the probe, three training seeds. The test
+split is never read. Everything else is the preset (docs/tuning.md, "A wider backbone at equal
+compute").
+
+    python docs/tuning/backbone_check.py run METHOD [THREADS]  # one method's six runs; resumable
+    python docs/tuning/backbone_check.py table                 # writes docs/tuning/backbone_check.csv
+
+Two `run`s side by side (carl, simclr; one thread each) take about an hour on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from clusterssl import paths, tune
+from clusterssl.config import load_params
+from clusterssl.io import read_json, write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+PROXY = {"holdout": 10000, "pretrain_images": 50000, "epochs": 10, "probe_images": 50000, "seed": 0}
+SEEDS = [0, 1, 2]
+METHODS = ["carl", "simclr"]
+VARIANTS = {  # name: (backbone channels, pretraining epochs)
+    "preset": ([16, 32, 64, 256], 10),
+    "half width": ([32, 64, 128, 256], 6),
+}
+
+
+def run(method: str, threads: int) -> None:
+    params = load_params(ROOT / "params.yaml")
+    out = paths.results_dir(params) / "tuning" / params["dataset"] / "backbone_check"
+    data_dir = tune.proxy_data(params, PROXY, out)
+    for seed in SEEDS:  # seed-major, so that an interrupted run leaves complete pairs
+        for name, (channels, epochs) in VARIANTS.items():
+            done = out / "rows" / f"{method}-{name.replace(' ', '_')}-seed{seed}.json"
+            if done.exists():
+                continue
+            p = tune.proxy_params(params, PROXY, data_dir, out / "runs" / done.stem)
+            p["backbone"]["channels"], p["pretrain"]["epochs"] = channels, epochs
+            row = {"method": method, "variant": name, "channels": "-".join(map(str, channels)), "epochs": epochs,
+                   "seed": seed, **tune._score(p, method, seed, threads)}
+            write_json(done, row)
+            print(row, flush=True)
+
+
+def table() -> None:
+    params = load_params(ROOT / "params.yaml")
+    rows = [read_json(f) for f in sorted((paths.results_dir(params) / "tuning" / params["dataset"] / "backbone_check" / "rows").glob("*.json"))]
+    frame = pd.DataFrame(rows).sort_values(["method", "variant", "seed"], ascending=[True, False, True])
+    frame.to_csv(Path(__file__).with_suffix(".csv"), index=False)
+    preset, half = VARIANTS
+    print("| method | score | preset, seeds 0-2 | half width, seeds 0-2 | half width - preset, per seed | mean ± s.e. | pretraining s (preset, half) |")
+    print("|---|---|---|---|---|---|---|")
+    for method, runs in frame.groupby("method"):
+        wide = runs.pivot(index="seed", columns="variant")
+        if wide.isna().any().any() or len(wide) < len(SEEDS):
+            print(f"| {method} | incomplete: {len(runs)} of {2 * len(SEEDS)} runs | | | | | |")
+            continue
+        for score in ("holdout_linear_top1", "holdout_knn20_top1"):
+            d = wide[score][half] - wide[score][preset]
+            secs = wide["pretrain_seconds"].mean()
+            print(f"| {method} | {score.split('_')[1]} | {', '.join(f'{v:.2f}' for v in wide[score][preset])} | "
+                  f"{', '.join(f'{v:.2f}' for v in wide[score][half])} | {', '.join(f'{v:+.2f}' for v in d)} | "
+                  f"{d.mean():+.2f} ± {d.std(ddof=1) / len(d) ** 0.5:.2f} | {secs[preset]:.0f}, {secs[half]:.0f} |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["run"] and len(sys.argv) in (3, 4) and sys.argv[2] in METHODS:
+        run(sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 1)
+    elif sys.argv[1:] == ["table"]:
+        table()
+    else:
+        sys.exit(__doc__)
