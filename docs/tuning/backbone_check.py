@@ -34,9 +34,13 @@ VARIANTS = {  # name: (backbone channels, pretraining epochs)
 }
 
 
-def run(method: str, threads: int) -> None:
-    params = load_params(ROOT / "params.yaml")
-    out = paths.results_dir(params) / "tuning" / params["dataset"] / "backbone_check"
+def folder(params: dict) -> Path:
+    return paths.results_dir(params) / "tuning" / params["dataset"] / "backbone_check"
+
+
+def run(params: dict, method: str, threads: int) -> None:
+    """Train and score `method`'s runs not yet scored; one JSON row per run under rows/."""
+    out = folder(params)
     data_dir = tune.proxy_data(params, PROXY, out)
     for seed in SEEDS:  # seed-major, so that an interrupted run leaves complete pairs
         for name, (channels, epochs) in VARIANTS.items():
@@ -51,31 +55,33 @@ def run(method: str, threads: int) -> None:
             print(row, flush=True)
 
 
-def table() -> None:
-    params = load_params(ROOT / "params.yaml")
-    rows = [read_json(f) for f in sorted((paths.results_dir(params) / "tuning" / params["dataset"] / "backbone_check" / "rows").glob("*.json"))]
+def table(params: dict, csv: Path) -> str:
+    """The rows as a CSV and a markdown table of the paired differences (half width - preset)."""
+    rows = [read_json(f) for f in sorted((folder(params) / "rows").glob("*.json"))]
     frame = pd.DataFrame(rows).sort_values(["method", "variant", "seed"], ascending=[True, False, True])
-    frame.to_csv(Path(__file__).with_suffix(".csv"), index=False)
+    frame.to_csv(csv, index=False)
     preset, half = VARIANTS
-    print("| method | score | preset, seeds 0-2 | half width, seeds 0-2 | half width - preset, per seed | mean ± s.e. | pretraining s (preset, half) |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| method | score | preset, seeds 0-2 | half width, seeds 0-2 | half width - preset, per seed | mean ± s.e. | pretraining s (preset, half) |",
+             "|---|---|---|---|---|---|---|"]
     for method, runs in frame.groupby("method"):
         wide = runs.pivot(index="seed", columns="variant")
-        if wide.isna().any().any() or len(wide) < len(SEEDS):
-            print(f"| {method} | incomplete: {len(runs)} of {2 * len(SEEDS)} runs | | | | | |")
+        if len(runs) < len(VARIANTS) * len(SEEDS):
+            lines.append(f"| {method} | incomplete: {len(runs)} of {len(VARIANTS) * len(SEEDS)} runs | | | | | |")
             continue
+        secs = wide["pretrain_seconds"].mean()
         for score in ("holdout_linear_top1", "holdout_knn20_top1"):
             d = wide[score][half] - wide[score][preset]
-            secs = wide["pretrain_seconds"].mean()
-            print(f"| {method} | {score.split('_')[1]} | {', '.join(f'{v:.2f}' for v in wide[score][preset])} | "
-                  f"{', '.join(f'{v:.2f}' for v in wide[score][half])} | {', '.join(f'{v:+.2f}' for v in d)} | "
-                  f"{d.mean():+.2f} ± {d.std(ddof=1) / len(d) ** 0.5:.2f} | {secs[preset]:.0f}, {secs[half]:.0f} |")
+            lines.append(f"| {method} | {score.split('_')[1]} | {', '.join(f'{v:.2f}' for v in wide[score][preset])} | "
+                         f"{', '.join(f'{v:.2f}' for v in wide[score][half])} | {', '.join(f'{v:+.2f}' for v in d)} | "
+                         f"{d.mean():+.2f} ± {d.std(ddof=1) / len(d) ** 0.5:.2f} | {secs[preset]:.0f}, {secs[half]:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
+    params = load_params(ROOT / "params.yaml")
     if sys.argv[1:2] == ["run"] and len(sys.argv) in (3, 4) and sys.argv[2] in METHODS:
-        run(sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 1)
+        run(params, sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 1)
     elif sys.argv[1:] == ["table"]:
-        table()
+        print(table(params, Path(__file__).with_suffix(".csv")))
     else:
         sys.exit(__doc__)
