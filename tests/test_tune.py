@@ -372,3 +372,13 @@ def test_backbone_check_trains_each_variant_per_seed_on_the_held_out_proxy_and_p
     out = check.table(params, tmp_path / "t.csv")
     assert "| simclr | linear | 85.00, 85.00, 85.00 | 86.00, 86.00, 87.00 | +1.00, +1.00, +2.00 | +1.33 ± 0.33 | 60, 60 |" in out
     assert len(pd.read_csv(tmp_path / "t.csv")) == 6
+
+
+def test_knn_spectrums_effective_rank_counts_the_directions_the_features_use(monkeypatch):
+    spectrum = _docs_script("knn_spectrum", monkeypatch)
+    rng = np.random.default_rng(0)
+    assert spectrum.effective_rank(rng.normal(size=(4000, 8))) == pytest.approx(8, rel=0.01)  # isotropic: every direction
+    line = np.outer(rng.normal(size=4000), rng.normal(size=8)) + 5.0  # one direction plus an offset, which centring removes
+    assert spectrum.effective_rank(line) == pytest.approx(1, abs=1e-3)
+    two = rng.normal(size=(4000, 8)) * np.array([1, 1, 0, 0, 0, 0, 0, 0])  # two equal directions
+    assert spectrum.effective_rank(two) == pytest.approx(2, rel=0.01)
