@@ -29,7 +29,7 @@ PROXY = {"holdout": 10000, "pretrain_images": 50000, "epochs": 10, "probe_images
 SEEDS = [0, 1, 2]
 METHODS = ["carl", "simclr"]
 VARIANTS = {  # name: (backbone channels, pretraining epochs)
-    "preset": ([16, 32, 64, 256], 10),
+    "preset": ([16, 32, 64, 256], 10),  # params.yaml's when this ran (2026-12-04), written out so the record stays true
     "half width": ([32, 64, 128, 256], 6),
 }
 
