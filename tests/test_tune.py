@@ -372,6 +372,10 @@ def test_backbone_check_trains_each_variant_per_seed_on_the_held_out_proxy_and_p
     out = check.table(params, tmp_path / "t.csv")
     assert "| simclr | linear | 85.00, 85.00, 85.00 | 86.00, 86.00, 87.00 | +1.00, +1.00, +2.00 | +1.33 ± 0.33 | 60, 60 |" in out
     assert len(pd.read_csv(tmp_path / "t.csv")) == 6
+    assert "All " not in out  # the rule waits for both default methods
+    check.run(params, "carl", 1)
+    out = check.table(params, tmp_path / "t.csv")
+    assert "All 6 pairs, linear: +1.33 ± 0.21 (s.e.); the preset moves to the half width." in out
 
 
 def test_knn_spectrums_effective_rank_counts_the_directions_the_features_use(monkeypatch):

@@ -51,7 +51,7 @@ def main() -> None:
     ours, carp = VARIANTS
     for score in ("holdout_linear_top1", "holdout_knn20_top1"):
         d = wide[score][carp] - wide[score][ours]
-        print(f"{score}: CARP's minus ours, paired by seed: {d.mean():+.2f} ± {d.std(ddof=1) / len(d) ** 0.5:.2f} (s.e.); per seed {list(d.round(2))}")
+        print(f"{score}: CARP's minus ours, paired by seed: {d.mean():+.2f} ± {tune.standard_error(d):.2f} (s.e.); per seed {list(d.round(2))}")
 
 
 if __name__ == "__main__":

@@ -179,6 +179,11 @@ def _score(p: dict, method: str, seed: int, threads: int | None) -> dict:
     }
 
 
+def standard_error(gain):
+    """The standard error of a mean paired gain (per column of a frame); NaN with one seed."""
+    return gain.std(ddof=1) / np.sqrt(gain.count())
+
+
 def decide(table: pd.DataFrame) -> pd.DataFrame:
     """Per candidate: mean held-out linear and k-NN20 over its seeds and, against candidate 0 on the
     same seeds, the mean gain and its standard error. With one seed the best mean wins; with
@@ -188,7 +193,7 @@ def decide(table: pd.DataFrame) -> pd.DataFrame:
                                          seeds=("seed", "size"), seconds=("pretrain_seconds", "mean"))
     gain = by.sub(by[0], axis=0)
     out["gain"] = gain.mean()
-    out["gain_se"] = gain.std(ddof=1) / np.sqrt(gain.count())  # NaN with one seed
+    out["gain_se"] = standard_error(gain)
     best = out["linear"].idxmax()
     if len(by) > 1 and best != 0 and not out.loc[best, "gain"] > NOISE_SE * out.loc[best, "gain_se"]:
         best = 0
