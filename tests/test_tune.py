@@ -247,6 +247,29 @@ def test_the_full_size_check_pairs_each_change_by_seed_and_says_when_runs_are_mi
     assert len(rows) == 13 and set(rows.recipe) == {"recipe", "replaced"}
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss")  # the constant default rows, on purpose
+def test_the_reference_check_gives_each_recipe_its_interval_and_their_welch_difference(tmp_path, monkeypatch):
+    check = _docs_script("reference_check", monkeypatch)
+    reference, default = tmp_path / "reference", tmp_path / "default"
+    for seed, linear in zip([0, 1, 2], [0.88, 0.89, 0.90]):
+        _write_scores(reference, "simclr", seed, linear)
+        _write_scores(default, "simclr", seed, 0.87)
+        for root, seconds in ((reference, 360), (default, 300)):
+            run = root / "runs" / "fashion_mnist" / "simclr" / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "history.csv").write_text(f"epoch,seconds\n1,{seconds / 2}\n2,{seconds / 2}\n")
+    table = check.main(reference, default, tmp_path / "check.csv").splitlines()
+    row = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    # reference 89 ± 1 (t(0.975, 2) / sqrt(3) = 2.48), default 87 ± 0: Welch's interval has the
+    # reference's 2 degrees of freedom and its standard error
+    assert row["linear"] == ("| linear | 88.00, 89.00, 90.00 | 89.00 [86.52, 91.48] | 87.00, 87.00, 87.00 | "
+                             "87.00 [87.00, 87.00] | +2.00 [-0.48, +4.48] | 88.0 |")
+    assert row["pretrain_minutes"].startswith("| pretrain_minutes | 6.00, 6.00, 6.00 |") and "| +1.00 [" in row["pretrain_minutes"]
+    assert len(pd.read_csv(tmp_path / "check.csv")) == 6
+    (reference / "metrics" / "fashion_mnist" / "simclr" / "seed2" / "knn.json").unlink()
+    assert check.main(reference, default, tmp_path / "check.csv") == "missing runs: reference seed 2"
+
+
 def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_bars_it_misses(tmp_path, monkeypatch):
     check = _docs_script("budget_check", monkeypatch)
     ten = tmp_path / "ten.csv"
