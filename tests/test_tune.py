@@ -366,7 +366,6 @@ def test_probe_check_scores_the_protocols_grid_inside_a_wider_one_on_held_out_tr
     assert (summary["the wider grid"] > 50).all()  # held-out train points of separable classes, not the flipped test labels
 
 
-
 def test_backbone_check_trains_each_variant_per_seed_on_the_held_out_proxy_and_pairs_them(tmp_path, monkeypatch):
     check = _docs_script("backbone_check", monkeypatch)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -22,7 +22,7 @@ import pandas as pd
 
 from clusterssl import paths, tune
 from clusterssl.config import load_params
-from clusterssl.io import read_json, write_json
+from clusterssl.io import read_json, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY = {"holdout": 10000, "pretrain_images": 50000, "epochs": 10, "probe_images": 50000, "seed": 0}
@@ -59,7 +59,7 @@ def table(params: dict, csv: Path) -> str:
     """The rows as a CSV and a markdown table of the paired differences (half width - preset)."""
     rows = [read_json(f) for f in sorted((folder(params) / "rows").glob("*.json"))]
     frame = pd.DataFrame(rows).sort_values(["method", "variant", "seed"], ascending=[True, False, True])
-    frame.to_csv(csv, index=False)
+    write_text(csv, frame.to_csv(index=False))  # atomic, like the other docs scripts' CSVs
     preset, half = VARIANTS
     lines = ["| method | score | preset, seeds 0-2 | half width, seeds 0-2 | half width - preset, per seed | mean ± s.e. | pretraining s (preset, half) |",
              "|---|---|---|---|---|---|---|"]
