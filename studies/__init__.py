@@ -1,0 +1,3 @@
+"""The research record: how the defaults of clusterssl were measured and chosen, one sub-package
+per study (README.md indexes them). Its scripts import clusterssl; clusterssl never imports this
+package. Run a script from the repository root as `python -m studies.<study>.<script>`."""

@@ -1,0 +1,1 @@
+"""Tests of the studies: the committed rounds and CSVs, and the analysis scripts on small made-up runs."""
