@@ -1,9 +1,10 @@
 # clusterssl workflow: fetch -> prepare -> split / pretrain -> embed -> eval -> report.
 # Orchestration only: every rule runs one `clusterssl` verb; all paths come from clusterssl.paths.
 #   snakemake --cores all                                            # default preset (params.yaml)
-#   snakemake --cores all --configfile config/presets/tiny.yaml      # another preset
+#   snakemake --cores all --configfile config/presets/tiny.yaml      # a preset, merged onto params.yaml
 #   snakemake --cores all --config 'seeds=[0,1,2]'                   # any key overridden
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -13,10 +14,14 @@ configfile: "params.yaml"
 
 from snakemake.utils import update_config
 from clusterssl import paths
-from clusterssl.config import typed, write_merged_params
+from clusterssl.config import typed, validate, write_merged_params
+from clusterssl.io import UserError
 
 update_config(config, typed(workflow.config_settings.config))  # `--config seeds=[0,1,2]`: ints, not '0'
-validate(config, "workflow/schemas/params.schema.yaml")
+try:  # the schema is completed from the method registry (each method declares its params)
+    validate(config, "the Snakemake config (params.yaml, --configfile, --config)")
+except UserError as exc:
+    raise WorkflowError(str(exc)) from None
 
 # The config Snakemake validated (params.yaml, then each --configfile, then --config, merged) is
 # written to a file named by its fingerprint that every verb reads with --params, so no job sees

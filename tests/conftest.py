@@ -164,10 +164,18 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 TINY_OVERRIDE = ("--config", "methods=[carl]")
 
 
+def preset_params(preset: str) -> dict:
+    """A preset merged onto params.yaml, as `snakemake --configfile` and `clusterssl --preset`
+    merge it (not yet completed nor validated)."""
+    from clusterssl.config import merge
+
+    return merge(yaml.safe_load(PARAMS_YAML.read_text()), yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text()))
+
+
 def preset_in(tmp: Path, preset: str = "tiny", name: str = "params.yaml", **overrides) -> Path:
-    """A preset's params with its data and results inside `tmp`, written to tmp/name;
-    `a__b=v` sets params[a][b] = v."""
-    params = yaml.safe_load((ROOT / "config/presets" / f"{preset}.yaml").read_text())
+    """A preset's params (merged onto params.yaml) with its data and results inside `tmp`, written
+    to tmp/name; `a__b=v` sets params[a][b] = v."""
+    params = preset_params(preset)
     params["paths"] = {"data": str(tmp / "data"), "results": str(tmp / "results")}
     for key, value in overrides.items():
         *sections, last = key.split("__")

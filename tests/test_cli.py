@@ -353,8 +353,10 @@ def test_raw_pixel_semisup_on_a_split(tmp_path, capsys, digits_params):
 @pytest.mark.parametrize(
     "argv, wrong",
     [
-        (["eval", "linear", "--method", "../../x"], "--method: invalid choice: '../../x'"),
-        (["embed", "--method", "/tmp/x"], "--method: invalid choice: '/tmp/x'"),
+        (["eval", "linear", "--method", "../../x"], "--method: '../../x' is not a method name"),
+        (["embed", "--method", "/tmp/x"], "--method: '/tmp/x' is not a method name"),
+        (["eval", "knn", "--method", "nosuch"], "unknown method 'nosuch'"),  # a name, but not a registered method
+        (["pretrain", "--method", "nosuch"], "unknown method 'nosuch'"),
         (["pretrain", "--method", "carl", "--seed", "-1"], "--seed: '-1' is not a seed"),
         (["eval", "knn", "--method", "carl", "--seed", "1.5"], "--seed: '1.5' is not a seed"),
         (["data", "fetch", "../outside"], "invalid choice: '../outside'"),

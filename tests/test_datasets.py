@@ -22,7 +22,7 @@ from clusterssl.evaluate.features import embed
 from clusterssl.evaluate.run import evaluate
 from clusterssl.io import UserError
 from clusterssl.train import pretrain
-from conftest import PARAMS_YAML, hidden_entries
+from conftest import PARAMS_YAML, hidden_entries, preset_params
 
 RNG = np.random.default_rng(0)
 
@@ -219,7 +219,7 @@ def test_an_extra_split_the_dataset_lacks_is_refused_before_training(tmp_path, m
 @pytest.mark.parametrize("preset, methods", [("paper-cifar10", ["byol", "cc"]), ("paper-cifar100", ["swav", "moco_v2"]),
                                              ("paper-stl10", ["carl", "simclr"])])
 def test_a_paper_preset_runs_on_its_generated_dataset_with_only_its_size_shrunk(tmp_path, mirror, monkeypatch, preset, methods):
-    params = yaml.safe_load((PARAMS_YAML.parent / "config/presets" / f"{preset}.yaml").read_text())
+    params = preset_params(preset)
     validate(params)
     name = params["dataset"]
     arrays = generated(name, mirror, monkeypatch)
@@ -245,7 +245,7 @@ def test_every_preset_validates_and_fmnist_gpu_changes_only_the_compute():
 
     presets = sorted((PARAMS_YAML.parent / "config/presets").glob("*.yaml"))
     assert {p.stem for p in presets} >= {"paper-cifar10", "paper-cifar100", "paper-stl10", "paper-imagenet100", "fmnist-gpu"}
-    loaded = {p.stem: load_params(p) for p in presets}
+    loaded = {p.stem: load_params(PARAMS_YAML, p) for p in presets}
     gpu, cpu = loaded["fmnist-gpu"], loaded["fmnist-all"]
     assert gpu["backbone"] == {"name": "resnet18", "layers": [2, 2, 2, 2], "channels": [64, 128, 256, 512], "stem": "small"}
     for p in (gpu, cpu):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PARAMS_YAML
+from conftest import PARAMS_YAML, preset_params
 
 TESTS = Path(__file__).resolve().parent
 METHODS = ["simclr", "swav", "carl", "coke", "byol", "moco_v2", "cueco", "cc", "cadc"]
@@ -55,7 +55,7 @@ def _tiny_params(tmp_path, **pretrain) -> Path:
     from clusterssl import data, paths
     from clusterssl.config import validate
 
-    params = yaml.safe_load((PARAMS_YAML.parent / "config/presets/tiny.yaml").read_text())
+    params = preset_params("tiny")
     params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
     params["data"]["max_train"] = 256
     params["pretrain"].update({"epochs": 1, "batch_size": 64, "device": "cpu", **pretrain})  # gloo, also where a GPU is visible
@@ -84,7 +84,7 @@ def test_the_pretrain_verb_runs_two_processes_through_torchrun_and_writes_one_ru
     assert len(history) == 2 and "online_knn20_top1" in history[0]
     import yaml
 
-    from clusterssl.train import load_trained
+    from clusterssl.runtime import load_trained
 
     model, _ = load_trained(yaml.safe_load((tmp_path / "params.yaml").read_text()), "carl", 0)  # the plain model's keys
     assert not any(isinstance(m, torch.nn.parallel.DistributedDataParallel) for m in model.modules())
@@ -116,3 +116,31 @@ def test_more_processes_than_gpus_is_refused_before_launching(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "pretrain.processes is 2 but 1 GPU(s) are visible" in err and "pretrain.device to cpu" in err, err
     assert not (tmp_path / "results").exists()
+
+
+def test_carl_draws_the_same_random_prototype_blocks_on_every_process(tmp_path):
+    """CARL's random partition (`partition_size`) is drawn by each process from its own
+    generator, seeded alike: the blocks must agree, or each process would train other blocks
+    than the gradients DDP averages assume. The real verb, its seeding and its training loop."""
+    import yaml
+
+    params_file = _tiny_params(tmp_path, processes=2)
+    params = yaml.safe_load(params_file.read_text())
+    params["method_params"].setdefault("carl", {}).update(num_prototypes=20, partition_size=5)
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "blocks"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), *sys.path]))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(TESTS / "carl_blocks_worker.py"), str(params_file), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    steps = 256 // 64  # one epoch of data.max_train 256 at batch 64
+    for r in ranks:
+        assert r["exit_status"] == 0 and len(r["blocks"]) == steps
+        for blocks in r["blocks"]:
+            assert blocks.shape == (4, 5) and sorted(blocks.flatten().tolist()) == list(range(20))  # a partition of the 20
+    assert any(not torch.equal(a, ranks[0]["blocks"][0]) for a in ranks[0]["blocks"][1:]), "the same blocks at every step"
+    for step, (a, b) in enumerate(zip(ranks[0]["blocks"], ranks[1]["blocks"])):
+        assert torch.equal(a, b), f"step {step}: rank 0 drew {a.tolist()}, rank 1 drew {b.tolist()}"

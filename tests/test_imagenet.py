@@ -24,7 +24,7 @@ from clusterssl.evaluate.features import embed
 from clusterssl.evaluate.run import evaluate
 from clusterssl.io import UserError
 from clusterssl.train import pretrain
-from conftest import PARAMS_YAML
+from conftest import PARAMS_YAML, preset_params
 
 SIDE = 64  # generated images are resized to imagenet.SIZE by prepare; kept small here for speed
 
@@ -217,7 +217,7 @@ def test_a_damaged_shard_or_image_is_refused(tmp_path, monkeypatch, small_size):
 def test_the_paper_preset_runs_on_a_generated_imagefolder_with_only_its_size_shrunk(tmp_path, monkeypatch, small_size):
     make_imagefolder(tmp_path / "imagenet", per_class=(2, 1))
     monkeypatch.setenv(imagenet.DIR_ENV, str(tmp_path / "imagenet"))
-    params = yaml.safe_load((PARAMS_YAML.parent / "config/presets/paper-imagenet100.yaml").read_text())
+    params = preset_params("paper-imagenet100")
     validate(params)
     # the size of the run shrinks; every recipe, protocol and split setting stays the preset's
     params.update(methods=["simclr"], seeds=[0])

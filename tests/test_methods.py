@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from clusterssl import paths
+from clusterssl import paths, registry
 from clusterssl.config import load_schema
 from clusterssl.methods import byol, cadc, cc, coke, common, cueco, swav
 from clusterssl.methods.base import REGISTRY, get_method
 from clusterssl.train import make_optimizer
+from conftest import PARAMS_YAML
 
 
 def _batch(n=6, views=2, size=8, seed=0, clean=False, epoch=0):
@@ -29,15 +30,27 @@ def _batch(n=6, views=2, size=8, seed=0, clean=False, epoch=0):
 
 
 def test_registry_schema_and_all_agree():
-    get_method("carl")  # imports every method module
-    schema_names = load_schema()["properties"]["methods"]["oneOf"][1]["items"]["enum"]
-    assert set(REGISTRY) == set(paths.ALL_METHODS) == set(schema_names)
-    assert set(load_schema()["properties"]["method_params"]["required"]) == set(REGISTRY)
-    assert paths.methods({"methods": "all"}) == list(paths.ALL_METHODS)
+    names = list(registry.methods())
+    assert names == ["carl", "coke", "cueco", "cc", "cadc", "simclr", "swav", "byol", "moco_v2"]  # the report's order
+    for name in names:  # importing a method's module registers the class its source declares
+        cls, spec = get_method(name), registry.method(name)
+        assert cls.name == name and (cls.provenance, cls.defaults, cls.params_schema) == (spec.provenance, spec.defaults, spec.params_schema)
+    schema = load_schema()
+    schema_names = schema["properties"]["methods"]["oneOf"][1]["items"]["enum"]
+    assert set(REGISTRY) == set(paths.all_methods()) == set(schema_names) == set(schema["properties"]["method_params"]["properties"])
+    assert paths.methods({"methods": "all"}) == names
     assert paths.methods({"methods": ["simclr"]}) == ["simclr"]
 
 
-@pytest.mark.parametrize("name", paths.ALL_METHODS)
+def test_each_methods_defaults_are_what_params_yaml_runs():
+    """params.yaml spells out the built-in methods' params: each block equals the method's declared
+    defaults but for its recipe (`augment` / `pretrain`), so the file shows what runs."""
+    own = yaml.safe_load(PARAMS_YAML.read_text())["method_params"]
+    for name, spec in registry.methods().items():
+        assert {k: v for k, v in own[name].items() if k not in ("augment", "pretrain")} == spec.defaults, name
+
+
+@pytest.mark.parametrize("name", paths.all_methods())
 def test_every_method_trains_and_documents_itself(tiny_backbone, method_params, name):
     cls = get_method(name)
     assert cls.provenance and cls.__module__ and (cls.__doc__ or __import__(cls.__module__, fromlist=["x"]).__doc__)
@@ -411,7 +424,10 @@ def test_cueco_centroids_start_from_keys_and_stay_unit(tiny_backbone, method_par
 
 
 def test_tiny_preset_covers_every_method():
-    from pathlib import Path
+    """The tiny preset, as the end-to-end tests run it, has a block for every registered method:
+    those it shrinks, and the others from their declared defaults."""
+    from clusterssl.config import load_params
 
-    tiny = yaml.safe_load((Path(__file__).parents[1] / "config" / "presets" / "tiny.yaml").read_text())
-    assert set(tiny["method_params"]) == set(paths.ALL_METHODS)
+    tiny = load_params(PARAMS_YAML, PARAMS_YAML.parent / "config" / "presets" / "tiny.yaml")
+    assert set(tiny["method_params"]) == set(paths.all_methods())
+    assert tiny["method_params"]["carl"]["projector_out"] == 32 and "pretrain" not in tiny["method_params"]["coke"]

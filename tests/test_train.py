@@ -18,16 +18,17 @@ import pytest
 import torch
 import yaml
 
-from clusterssl import data, paths, train
+from clusterssl import data, optim, paths, runtime, train
 from clusterssl.config import validate
 from clusterssl.io import UserError
+from conftest import preset_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    params = preset_params("tiny")
     params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
     params["data"]["max_train"] = 256
     params["pretrain"].update(epochs=2, batch_size=64, checkpoint_every=1)
@@ -45,7 +46,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypa
 
     # interrupt the second epoch: resume.pt from epoch 1 stays, no final outputs appear
     calls = {"n": 0}
-    original = train.lr_at
+    original = optim.lr_at
 
     def failing_lr_at(step, *a, **k):
         calls["n"] += 1
@@ -53,13 +54,13 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypa
             raise KeyboardInterrupt
         return original(step, *a, **k)
 
-    monkeypatch.setattr(train, "lr_at", failing_lr_at)
+    monkeypatch.setattr(optim, "lr_at", failing_lr_at)
     with pytest.raises(KeyboardInterrupt):
         train.pretrain(tiny, "carl", 0, threads=1, progress=False)
     assert (straight / "resume.pt").exists()
     assert not any((straight / f).exists() for f in ("checkpoint.pt", "history.csv", "config.json"))
 
-    monkeypatch.setattr(train, "lr_at", original)
+    monkeypatch.setattr(optim, "lr_at", original)
     train.pretrain(tiny, "carl", 0, threads=1, progress=False)
     assert "resuming" in capsys.readouterr().out
     assert not (straight / "resume.pt").exists()
@@ -111,39 +112,39 @@ def test_crafted_checkpoint_runs_no_code(tiny, carl_run, tmp_path):
     marker = tmp_path / "pwned"
     torch.save(CreatesAFile(marker), carl_run / "checkpoint.pt")
     with pytest.raises(UserError, match=r"checkpoint.pt: not a clusterssl checkpoint \(torch.load, weights only"):
-        train.load_trained(tiny, "carl", 0)
+        runtime.load_trained(tiny, "carl", 0)
     assert not marker.exists()
 
 
 def test_checkpoint_from_another_method_seed_or_params_is_refused(tiny, carl_run):
-    model, state = train.load_trained(tiny, "carl", 0)  # its own: fine
+    model, state = runtime.load_trained(tiny, "carl", 0)  # its own: fine
     assert state["seed"] == 0
     simclr = paths.run_dir(tiny, "simclr", 0)
     simclr.mkdir(parents=True)
     shutil.copy(carl_run / "checkpoint.pt", simclr / "checkpoint.pt")  # copied over another run
     with pytest.raises(UserError, match="holds a 'carl' run with seed 0 .* not 'simclr' seed 0; delete it"):
-        train.load_trained(tiny, "simclr", 0)
+        runtime.load_trained(tiny, "simclr", 0)
     seed1 = paths.run_dir(tiny, "carl", 1)
     seed1.mkdir(parents=True)
     shutil.copy(carl_run / "checkpoint.pt", seed1 / "checkpoint.pt")
     with pytest.raises(UserError, match="not 'carl' seed 1"):
-        train.load_trained(tiny, "carl", 1)
+        runtime.load_trained(tiny, "carl", 1)
     tiny["pretrain"]["epochs"] = 3  # params changed since it was trained
     with pytest.raises(UserError, match=r"made with other params \(pretrain differ"):
-        train.load_trained(tiny, "carl", 0)
+        runtime.load_trained(tiny, "carl", 0)
 
 
 def test_truncated_or_foreign_checkpoint_is_refused(tiny, carl_run):
     checkpoint = carl_run / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(UserError, match="not a clusterssl checkpoint"):
-        train.load_trained(tiny, "carl", 0)
+        runtime.load_trained(tiny, "carl", 0)
     torch.save({"model": {}}, checkpoint)
     with pytest.raises(UserError, match="missing config, seed"):
-        train.load_trained(tiny, "carl", 0)
+        runtime.load_trained(tiny, "carl", 0)
     torch.save([1, 2], checkpoint)
     with pytest.raises(UserError, match="holds a list"):
-        train.load_trained(tiny, "carl", 0)
+        runtime.load_trained(tiny, "carl", 0)
 
 
 @pytest.mark.parametrize("method", ["carl", "simclr"])
@@ -266,12 +267,12 @@ def test_cuda_runs_deterministic_kernels_and_cpu_runs_are_left_alone(kernel_swit
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = True
-    assert train.use_device("cpu").type == "cpu"
+    assert runtime.use_device("cpu").type == "cpu"
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert train.use_device("auto").type == "cuda"
+    assert runtime.use_device("auto").type == "cuda"
     assert torch.are_deterministic_algorithms_enabled()
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
@@ -305,28 +306,31 @@ def test_a_methods_recipe_replaces_the_shared_keys_and_is_recorded(tiny):
     run's config.json records the keys it trained with, and a checkpoint trained with another
     recipe is refused."""
     from clusterssl.io import read_json
+    from clusterssl.methods.base import get_method
 
     shared = {section: dict(tiny[section]) for section in ("augment", "pretrain")}
     tiny["pretrain"]["epochs"] = 1
     tiny["method_params"]["carl"]["pretrain"] = {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0}
     tiny["method_params"]["carl"]["augment"] = {"crop_scale": [0.2, 1.0]}
     validate(tiny)
-    cfg = train.pretrain_config(tiny, "carl")
+    cfg = runtime.pretrain_config(tiny, "carl")
     assert cfg["pretrain"] == {**tiny["pretrain"], "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0}
     assert cfg["augment"] == {**shared["augment"], "crop_scale": [0.2, 1.0]}
     assert "pretrain" not in cfg["method_params"] and "augment" not in cfg["method_params"]
-    assert train.pretrain_config(tiny, "simclr")["pretrain"] == tiny["pretrain"]  # others keep the shared keys
-    assert train.recipe(tiny, "carl") == {"augment.crop_scale": [0.2, 1.0], "pretrain.optimizer": "adam", "pretrain.lr": 0.001, "pretrain.weight_decay": 0.0}
+    assert runtime.pretrain_config(tiny, "simclr")["pretrain"] == tiny["pretrain"]  # others keep the shared keys
+    assert runtime.recipe(tiny, "carl") == {"augment.crop_scale": [0.2, 1.0], "pretrain.optimizer": "adam", "pretrain.lr": 0.001, "pretrain.weight_decay": 0.0}
 
     run = train.pretrain(tiny, "carl", 0, threads=1, progress=False)
     saved = read_json(run / "config.json")
     assert saved["pretrain"]["optimizer"] == "adam" and saved["augment"]["crop_scale"] == [0.2, 1.0]
-    model, _ = train.load_trained(tiny, "carl", 0)  # the recipe it was trained with: accepted
-    method = train.build_method(cfg, 1, 10, 256)
-    assert type(train.make_optimizer(method, cfg["pretrain"], 0.001)) is torch.optim.Adam
+    # what the report's methods table reads, recorded at pretraining time
+    assert saved["recipe"] == runtime.recipe(tiny, "carl") and saved["provenance"] == get_method("carl").provenance
+    model, _ = runtime.load_trained(tiny, "carl", 0)  # the recipe it was trained with: accepted
+    method = runtime.build_method(cfg, 1, 10, 256)
+    assert type(optim.make_optimizer(method, cfg["pretrain"], 0.001)) is torch.optim.Adam
     del tiny["method_params"]["carl"]["pretrain"]
     with pytest.raises(UserError, match=r"pretrain"):
-        train.load_trained(tiny, "carl", 0)
+        runtime.load_trained(tiny, "carl", 0)
 
 
 @pytest.mark.parametrize("method, has_prototypes", [("carl", True), ("swav", True), ("coke", True), ("simclr", False)])

@@ -17,7 +17,7 @@ import yaml
 
 from clusterssl.paths import report_files
 from clusterssl.stages import STAGE_PARAMS
-from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, run_params_file, snakemake
+from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, preset_params, run_params_file, snakemake
 
 
 def normalise(cmd: str) -> str:
@@ -73,7 +73,9 @@ def test_dvc_stages_match_snakemake_dag(tmp_path):
 
 
 def test_methods_all_puts_every_method_in_the_dag(tmp_path):
-    from clusterssl.paths import ALL_METHODS
+    from clusterssl.paths import all_methods
+
+    ALL_METHODS = all_methods()
 
     jobs = snakemake_jobs(tmp_path, preset_in(tmp_path, methods="all"))
     trained = sorted(re.search(r"--method (\S+)", j["cmd"]).group(1) for j in jobs if j["rule"] == "pretrain")
@@ -87,7 +89,7 @@ def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_p
     complete, validated config Snakemake scheduled from (typed: seeds are ints, not strings)."""
     from clusterssl.config import load_params
 
-    preset = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    preset = preset_params("tiny")
     preset["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
     del preset["report"], preset["eval"]["cluster"]
     (tmp_path / "partial.yaml").write_text(yaml.safe_dump(preset))
@@ -107,9 +109,11 @@ def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_p
 
 def test_fmnist_all_preset_is_the_default_with_every_method_at_twice_its_epochs():
     from clusterssl.config import load_params
-    from clusterssl.paths import ALL_METHODS
+    from clusterssl.paths import all_methods
 
-    default, every = load_params(ROOT / "params.yaml"), load_params(ROOT / "config/presets/fmnist-all.yaml")
+    ALL_METHODS = all_methods()
+
+    default, every = load_params(ROOT / "params.yaml"), load_params(ROOT / "params.yaml", ROOT / "config/presets/fmnist-all.yaml")
     assert sorted(every.pop("methods")) == sorted(ALL_METHODS)
     default.pop("methods")
     assert every.pop("paths")["results"] != default.pop("paths")["results"]
@@ -123,7 +127,9 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
     """Each registered method through pretrain -> embed -> every evaluation -> report (the
     verbs in-process, on the tiny preset; Snakemake runs the same verbs in the test below)."""
     from clusterssl.cli import main
-    from clusterssl.paths import ALL_METHODS, EVALS, RAW_PIXELS, SCRATCH
+    from clusterssl.paths import EVALS, RAW_PIXELS, SCRATCH, all_methods
+
+    ALL_METHODS = all_methods()
 
     monkeypatch.chdir(tmp_path)
     # one epoch: CADC places its centres on the untrained backbone, as in the paper; transfer
@@ -284,7 +290,7 @@ def test_dvc_repro_tiny_end_to_end(tmp_path):
     for f in ["dvc.yaml", "reference/reported_numbers.csv"]:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, tmp_path / f)
-    params = yaml.safe_load((ROOT / "config/presets/tiny.yaml").read_text())
+    params = preset_params("tiny")
     params["methods"] = ["carl"]  # each DVC stage is a process of its own: one method keeps this test short
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**ENV, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -340,5 +346,5 @@ def test_conda_environments_install_what_pyproject_lists():
 
 def test_snakemake_lint_is_clean(tmp_path):
     """`snakemake --lint` finds nothing to say about the workflow (rules, profiles' resources, logs)."""
-    run = snakemake(tmp_path, ROOT / "config/presets/tiny.yaml", "--lint")
+    run = snakemake(tmp_path, preset_in(tmp_path), "--lint")
     assert "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr, run.stdout + run.stderr

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
+from . import registry
 from .io import UserError
 
 
 def _params(args):
     from .config import load_params
 
-    return load_params(args.params)
+    return load_params(args.params, *args.preset)
 
 
 def cmd_fetch(args):
@@ -48,13 +50,11 @@ def cmd_pretrain(args):
 
     p = _params(args)
     get_method(args.method)
-    if args.method not in p["method_params"]:
-        raise UserError(f"{args.params}: no 'method_params.{args.method}' section")
     processes = p["pretrain"]["processes"]
     if processes > 1 and not distributed.launched_by_torchrun():
         import torch
 
-        from .train import pick_device
+        from .runtime import pick_device
 
         gpus = torch.cuda.device_count()
         if pick_device(p["pretrain"]["device"]).type == "cuda" and processes > gpus:
@@ -92,9 +92,7 @@ def cmd_embed(args):
 
     p = _params(args)
     if args.method != paths.RAW_PIXELS:
-        from .methods.base import get_method
-
-        get_method(args.method)
+        registry.method(args.method)
     if args.dataset and args.dataset not in (p["dataset"], *p["eval"]["transfer"]["datasets"]):
         raise UserError(f"--dataset {args.dataset} is neither 'dataset' nor one of eval.transfer.datasets in {args.params}")
     print(embed(p, args.method, args.seed, dataset=args.dataset, threads=args.threads))
@@ -106,22 +104,42 @@ def cmd_eval(args):
 
     p = _params(args)
     if args.method not in (paths.RAW_PIXELS, paths.SCRATCH):
-        from .methods.base import get_method
-
-        get_method(args.method)
+        registry.method(args.method)
     print(evaluate(p, args.protocol, args.method, args.seed, threads=args.threads, target=args.target, fraction=args.fraction))
 
 
 def cmd_tune(args):
     from .tune import load_search, run_search
 
-    print(run_search(_params(args), load_search(args.search), args.method, threads=args.threads, source=args.search))
+    p = _params(args)
+    registry.method(args.method)
+    print(run_search(p, load_search(args.search), args.method, threads=args.threads, source=args.search))
 
 
 def cmd_report(args):
     from .report import build_report
 
     print(build_report(_params(args), reference=Path(args.reference) if args.reference else None))
+
+
+def cmd_docs(args):
+    from .io import write_text
+    from .paramdoc import render
+
+    text = render(_params(args), source=args.params)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        write_text(args.output, text)
+        print(args.output)
+
+
+def method_name(text: str) -> str:
+    """A method's name (checked against the registry once the params, which may add plugins, are
+    loaded): it names folders, so only a plain lowercase name gets through."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a method name (lowercase letters, digits and _)")
+    return text
 
 
 def seed(text: str) -> int:
@@ -140,13 +158,15 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import SOURCES
-    from .paths import ALL_METHODS, PROTOCOLS, RAW_PIXELS, SCRATCH
+    from .paths import PROTOCOLS
 
     # names become folder names under data/ and results/: only known ones, never a path
-    methods, datasets = (*ALL_METHODS, RAW_PIXELS, SCRATCH), tuple(SOURCES)
+    datasets = tuple(SOURCES)
 
     ap = Parser(prog="clusterssl", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--preset", action="append", default=[], metavar="FILE",
+                    help="a preset merged onto the params file (config/presets/*.yaml; repeat to stack several)")
     sub = ap.add_subparsers(dest="verb", required=True)
 
     d = sub.add_parser("data", help="fetch or prepare a dataset").add_subparsers(dest="action", required=True)
@@ -161,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_split)
 
     def run_args(s, threads=True):
-        s.add_argument("--method", required=True, choices=methods)
+        s.add_argument("--method", required=True, type=method_name, help="a registered method, raw_pixels or scratch")
         s.add_argument("--seed", type=seed, default=0)
         if threads:
             s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -184,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("tune", help="score a method's candidate recipes on the held-out proxy (equal budget per method)")
-    s.add_argument("--method", required=True, choices=ALL_METHODS)
+    s.add_argument("--method", required=True, type=method_name)
     s.add_argument("--search", required=True, help="proxy and candidates: one file per round, e.g. config/search/round3.yaml")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     s.set_defaults(fn=cmd_tune)
@@ -192,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="tables and figures from saved metrics")
     s.add_argument("--reference", default=None, help="published numbers CSV (default: reference/reported_numbers.csv if present)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("docs", help="generated documentation").add_subparsers(dest="action", required=True).add_parser(
+        "parameters", help="every params key with its meaning, default, allowed values and the stages that read it")
+    s.add_argument("-o", "--output", default="docs/parameters.md", help="where to write it (default: docs/parameters.md; '-': standard output)")
+    s.set_defaults(fn=cmd_docs)
     return ap
 
 

@@ -1,6 +1,8 @@
-"""Load and validate params files against the one schema Snakemake also uses."""
+"""Load, complete and validate params: params.yaml, presets merged onto it, and the one schema
+(its static part in schemas/params.schema.yaml, each method's part from the method registry)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -8,14 +10,61 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from . import registry
 from .io import UserError
 from .stages import lookup
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+BASE_PARAMS = "params.yaml"  # what presets are merged onto
+RECIPE_KEYS = ("augment", "pretrain")  # a method's own values of these shared sections
 
 
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+def load_schema(plugins: list[str] | tuple[str, ...] = ()) -> dict:
+    """The params schema, with `methods` and `method_params` completed from the registry."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    known = registry.methods(plugins)
+    props = schema["properties"]
+    props["methods"]["oneOf"][1]["items"]["enum"] = list(known)
+    recipe = {
+        "augment": {"$ref": "#/$defs/augment_keys", "description": "this method's recipe: replaces these shared augment keys"},
+        "pretrain": {"$ref": "#/$defs/recipe_pretrain_keys", "unevaluatedProperties": False,
+                     "description": "this method's recipe: replaces these shared pretrain keys (batch_size, optimizer, lr, momentum, "
+                                    "weight_decay, warmup_epochs; epochs and the machine settings are shared by all methods)"},
+    }
+    props["method_params"].update(additionalProperties=False, properties={
+        name: {"type": "object", "additionalProperties": False, "required": list(spec.defaults),
+               "properties": {**recipe, **spec.params_schema}}
+        for name, spec in known.items()
+    })
+    return schema
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """`overlay` onto a copy of `base`, section by section (a list or a value replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def complete(params: dict) -> dict:
+    """Fill, in place, each registered method's block from the defaults its file declares (a block
+    may name only what it changes), and drop recipes set to null (a preset takes back a recipe of
+    params.yaml so); return `params`."""
+    plugins = params.get("plugins", [])
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        registry.use_plugins(plugins)
+    own = params.get("method_params")
+    if isinstance(own, dict):
+        for name, spec in registry.methods().items():
+            block = own.get(name, {})
+            if isinstance(block, dict):
+                block = merge(spec.defaults, block)
+                own[name] = {k: v for k, v in block.items() if not (k in RECIPE_KEYS and v is None)}
+    return params
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -31,7 +80,9 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 
 def validate(params: dict, source: str = "params") -> dict:
-    """Validate `params` and return it. Raise UserError naming the first offending key."""
+    """`params`, completed in place (see `complete`), validated and returned. Raise UserError
+    naming the first offending key."""
+    params = complete(params)
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
@@ -72,9 +123,14 @@ def read_yaml_mapping(path: str | Path, what: str, hint: str = "") -> dict:
     return content
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
-    params = read_yaml_mapping(path, "params", " (pass --params FILE or run from the project root)")
-    return validate(params, str(path))
+def load_params(*files: str | Path) -> dict:
+    """params.yaml (or the first file) with each further file merged onto it in turn, as
+    `snakemake --configfile` merges a preset: completed and validated."""
+    files = files or (BASE_PARAMS,)
+    params: dict = {}
+    for f in files:
+        params = merge(params, read_yaml_mapping(f, "params", " (pass --params FILE or run from the project root)"))
+    return validate(params, " + ".join(map(str, files)))
 
 
 def typed(value):

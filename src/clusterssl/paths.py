@@ -110,15 +110,17 @@ def report_files(params: dict) -> list[Path]:
     ]
 
 
-#: every registered method, in the order `methods: all` runs and reports them (CARL first, then
-#: the clustering methods, then the contrastive and distillation baselines); a test keeps this
-#: equal to the registry and the schema
-ALL_METHODS = ("carl", "coke", "cueco", "cc", "cadc", "simclr", "swav", "byol", "moco_v2")
+def all_methods() -> list[str]:
+    """Every registered method, in the order `methods: all` runs and reports them (CARL first,
+    then the clustering methods, then the contrastive and distillation baselines, then plugins)."""
+    from . import registry
+
+    return list(registry.methods())
 
 
 def methods(params: dict) -> list[str]:
     """The pretrained methods `params` selects (`methods: all` is every registered one)."""
-    return list(ALL_METHODS) if params["methods"] == "all" else list(params["methods"])
+    return all_methods() if params["methods"] == "all" else list(params["methods"])
 
 
 def evaluated_methods(params: dict) -> list[str]:

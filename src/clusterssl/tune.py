@@ -51,8 +51,8 @@ def load_search(path: str | Path) -> dict:
         raise UserError(f"{path}: 'proxy.train_seeds' must be a list of distinct non-negative integers, e.g. [0, 1, 2]")
     proxy["train_seeds"] = seeds
     for method, candidates in search["methods"].items():
-        if method not in paths.ALL_METHODS:
-            raise UserError(f"{path}: 'methods.{method}' is not a method; choose from {', '.join(paths.ALL_METHODS)}")
+        if method not in paths.all_methods():
+            raise UserError(f"{path}: 'methods.{method}' is not a method; choose from {', '.join(paths.all_methods())}")
         if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
             raise UserError(f"{path}: 'methods.{method}' must be a list of overrides ({{dotted key: value}})")
         if len(candidates) != search["candidates"]:

@@ -1,10 +1,12 @@
 """The interface every method implements, and the registry that maps a params name to a class.
 
 The training loop only ever calls the hooks below, so a new method (EMA teachers, key queues,
-per-sample dataset indices, an extra clean view, multi-crop, cluster heads) is one new file:
+per-sample dataset indices, an extra clean view, multi-crop, cluster heads) is one new file in
+this folder, or a module of your own package (clusterssl/registry.py says how it is found):
 
     @register("mymethod")
     class MyMethod(Method):
+        provenance = "..."; defaults = {...}; params_schema = {...}   # literals: registry.py
         view_spec = ViewSpec(global_views=2)
         def training_step(self, batch): ...   # returns {"loss": total, "<term>": value, ...}
 
@@ -14,17 +16,21 @@ position in the training set, for per-instance buffers such as CoKe's pseudo-lab
 `epoch` (0-based, for schedules such as SwAV's frozen prototypes)."""
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn as nn
 
-from .. import distributed
+from .. import distributed, registry
 from ..augment import ViewSpec
-from ..io import UserError
 
 REGISTRY: dict[str, type["Method"]] = {}
 
 
-def register(name: str):
+def register(name: str, order: int = registry.PLUGIN_ORDER):
+    """Register a Method class under `name`; `order` places it in `methods: all` and the report
+    (read from the source by clusterssl.registry, which lists the methods without importing them)."""
+
     def deco(cls):
         cls.name = name
         REGISTRY[name] = cls
@@ -34,12 +40,9 @@ def register(name: str):
 
 
 def get_method(name: str) -> type["Method"]:
-    from . import byol, cadc, carl, cc, coke, cueco, moco_v2, simclr, swav  # noqa: F401  (importing registers them)
-
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(sorted(REGISTRY))}") from None
+    """The class registered as `name`, importing the module that declares it."""
+    importlib.import_module(registry.method(name).module)  # importing registers it
+    return REGISTRY[name]
 
 
 class Method(nn.Module):

@@ -18,9 +18,23 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=-1)).mean()
 
 
-@register("byol")
+@register("byol", order=80)
 class BYOL(Method):
     provenance = "paper: 2 - 2 cos(pred, sg(target)), EMA target; settings from solo-learn's CIFAR config"
+    defaults = {
+        "ema_momentum": 0.99,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+        "predictor_hidden": 512,
+    }
+    params_schema = {
+        "ema_momentum": {"$ref": "#/$defs/momentum"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+        "predictor_hidden": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

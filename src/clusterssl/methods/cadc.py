@@ -62,7 +62,7 @@ def cadc_loss(q_clean: torch.Tensor, q_augs: list[torch.Tensor]) -> dict[str, to
     return {"clustering": clu, "anchor": anchor}
 
 
-@register("cadc")
+@register("cadc", order=50)
 class CADC(Method):
     view_spec = ViewSpec(global_views=2, clean=True)
     provenance = (
@@ -72,6 +72,24 @@ class CADC(Method):
         "(paper: on the untrained backbone); SGD, the shared recipe (Adam as in CC's code lost the equal search, "
         "docs/tuning.md); in the Fashion-MNIST presets instance tau 0.2, not 0.5 (round 2 of the equal search)"
     )
+    defaults = {
+        "temperature": 0.2,
+        "num_clusters": None,
+        "cluster_weight": 0.1,
+        "kmeans_epoch": 2,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "temperature": {"$ref": "#/$defs/temperature"},
+        "num_clusters": {"$ref": "#/$defs/clusters"},
+        "cluster_weight": {"type": "number", "minimum": 0, "description": "weight of the clustering + anchor losses (the paper's is 1)"},
+        "kmeans_epoch": {"type": "integer", "minimum": 0, "description": "epoch (0-based) at whose start k-means on the backbone's features places the centres; before it the instance loss trains alone (the paper's is 0: the untrained backbone); must be below pretrain.epochs"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

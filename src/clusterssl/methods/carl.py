@@ -87,7 +87,7 @@ class _Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-@register("carl")
+@register("carl", order=10)
 class CARL(Method):
     view_spec = ViewSpec(global_views=2, local_views=-1)  # multi-crop: as many local views as augment.local_crops
     provenance = (
@@ -95,6 +95,32 @@ class CARL(Method):
         "KL-to-uniform on student and target views; assumed: its weight, EMA/stop-grad target, "
         "L2-normalised projection, K and temperatures"
     )
+    defaults = {
+        "num_prototypes": 1000,
+        "partition_size": 100,
+        "temperature": 0.1,
+        "target_temperature": 0.03,
+        "entropy_weight": 3.0,
+        "target": "stopgrad",
+        "ema_momentum": 0.99,
+        "eval_teacher": False,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "num_prototypes": {"type": "integer", "minimum": 2},
+        "partition_size": {"type": ["integer", "null"], "minimum": 2, "description": "CARP random partitions: prototypes per block (null: one block of all K)"},
+        "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "target_temperature": {"type": "number", "exclusiveMinimum": 0},
+        "entropy_weight": {"type": "number", "minimum": 0},
+        "target": {"enum": ["ema", "stopgrad"]},
+        "ema_momentum": {"type": "number", "minimum": 0, "maximum": 1},
+        "eval_teacher": {"type": "boolean", "description": "evaluate the EMA teacher's backbone instead of the online one"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

@@ -32,12 +32,26 @@ def cc_cluster_loss(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> d
     return {"cluster_contrast": contrast, "cluster_balance": balance}
 
 
-@register("cc")
+@register("cc", order=40)
 class ContrastiveClustering(Method):
     provenance = (
         "code: instance NT-Xent + cluster-column NT-Xent + entropy, heads without BN, tau 0.5 / 1.0; "
         "deviation: SGD, the shared recipe, instead of the authors' Adam 3e-4 (it lost the equal search, docs/tuning.md)"
     )
+    defaults = {
+        "instance_temperature": 0.5,
+        "cluster_temperature": 1.0,
+        "num_clusters": None,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "instance_temperature": {"$ref": "#/$defs/temperature"},
+        "cluster_temperature": {"$ref": "#/$defs/temperature"},
+        "num_clusters": {"$ref": "#/$defs/clusters"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

@@ -80,12 +80,32 @@ def coke_loss(logits: list[torch.Tensor], soft_targets: list[torch.Tensor], labe
     return total / 2
 
 
-@register("coke")
+@register("coke", order=20)
 class CoKe(Method):
     provenance = (
         "code: online assignment with dual variables, previous-epoch labels as targets, T 0.05, alpha 0.2; "
         "assumed: K per head on small data, first-epoch targets"
     )
+    defaults = {
+        "num_clusters": [None, 100, 300, 1000],
+        "temperature": 0.05,
+        "alpha": 0.2,
+        "dual_lr": 20.0,
+        "min_cluster_fraction": 0.4,
+        "projector_layers": 3,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "num_clusters": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/clusters"}, "description": "K of each head (null: the number of classes); the first head is scored as the cluster head"},
+        "temperature": {"$ref": "#/$defs/temperature"},
+        "alpha": {"type": "number", "minimum": 0, "maximum": 1, "description": "weight of the hard previous-epoch labels against the other view's soft assignment"},
+        "dual_lr": {"type": "number", "minimum": 0},
+        "min_cluster_fraction": {"type": "number", "minimum": 0, "maximum": 1, "description": "gamma: every cluster keeps at least gamma * B / K of each batch"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

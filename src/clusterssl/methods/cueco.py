@@ -39,12 +39,36 @@ def update_centroids(centroids: torch.Tensor, keys: torch.Tensor, assignment: to
     centroids[used] = F.normalize(momentum * centroids[used] + (1 - momentum) * means, dim=1)
 
 
-@register("cueco")
+@register("cueco", order=30)
 class CueCo(MoCoV2):
     provenance = (
         "CueCo-style: paper gives the idea only (EMA key network, contrast + cluster pull); assumed: "
         "MoCo v2 InfoNCE + cross-entropy to EMA centroids of the key's cluster, K and weights"
     )
+    defaults = {
+        "temperature": 0.1,
+        "queue_size": 4096,
+        "ema_momentum": 0.99,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+        "num_clusters": 100,
+        "cluster_temperature": 0.2,
+        "centroid_momentum": 0.99,
+        "cluster_weight": 0.3,
+    }
+    params_schema = {
+        "temperature": {"$ref": "#/$defs/temperature"},
+        "queue_size": {"type": "integer", "minimum": 1},
+        "ema_momentum": {"$ref": "#/$defs/momentum"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+        "num_clusters": {"type": "integer", "minimum": 2},
+        "cluster_temperature": {"$ref": "#/$defs/temperature"},
+        "centroid_momentum": {"type": "number", "minimum": 0, "maximum": 1},
+        "cluster_weight": {"type": "number", "minimum": 0},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

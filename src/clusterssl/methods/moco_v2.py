@@ -19,12 +19,28 @@ from .base import Method, register
 from .common import EMATeacher, Queue, info_nce
 
 
-@register("moco_v2")
+@register("moco_v2", order=90)
 class MoCoV2(Method):
     provenance = (
         "paper: InfoNCE with an EMA key encoder and a key queue; settings from solo-learn's CIFAR config; "
         "in the Fashion-MNIST presets tau 0.1, not 0.2 (round 2 of the equal search)"
     )
+    defaults = {
+        "temperature": 0.1,
+        "queue_size": 4096,
+        "ema_momentum": 0.99,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "temperature": {"$ref": "#/$defs/temperature"},
+        "queue_size": {"type": "integer", "minimum": 1},
+        "ema_momentum": {"$ref": "#/$defs/momentum"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

@@ -8,9 +8,21 @@ from .base import Method, register
 from .common import nt_xent
 
 
-@register("simclr")
+@register("simclr", order=60)
 class SimCLR(Method):
     provenance = "paper: NT-Xent over 2N views; settings from solo-learn's CIFAR config"
+    defaults = {
+        "temperature": 0.2,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "temperature": {"type": "number", "exclusiveMinimum": 0},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

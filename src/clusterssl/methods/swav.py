@@ -33,12 +33,34 @@ def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor
     return sum(terms) / len(terms)
 
 
-@register("swav")
+@register("swav", order=70)
 class SwAV(Method):
     view_spec = ViewSpec(global_views=2, local_views=-1)
     provenance = (
         "paper: swapped prediction of Sinkhorn codes; settings from solo-learn's CIFAR config"
     )
+    defaults = {
+        "temperature": 0.1,
+        "num_prototypes": 100,
+        "sinkhorn_epsilon": 0.05,
+        "sinkhorn_iterations": 3,
+        "freeze_prototypes_epochs": 1,
+        "queue_size": 0,
+        "projector_layers": 2,
+        "projector_hidden": 512,
+        "projector_out": 128,
+    }
+    params_schema = {
+        "temperature": {"$ref": "#/$defs/temperature"},
+        "num_prototypes": {"type": "integer", "minimum": 2},
+        "sinkhorn_epsilon": {"type": "number", "exclusiveMinimum": 0},
+        "sinkhorn_iterations": {"type": "integer", "minimum": 1},
+        "freeze_prototypes_epochs": {"type": "integer", "minimum": 0},
+        "queue_size": {"type": "integer", "minimum": 0, "description": "projections queued for Sinkhorn (0: no queue)"},
+        "projector_layers": {"$ref": "#/$defs/projector_layers"},
+        "projector_hidden": {"$ref": "#/$defs/width"},
+        "projector_out": {"$ref": "#/$defs/width"},
+    }
 
     def __init__(self, backbone, cfg, num_classes, num_train):
         super().__init__(backbone, cfg, num_classes, num_train)

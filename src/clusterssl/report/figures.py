@@ -15,13 +15,16 @@ from ..io import atomic_path  # noqa: E402
 
 #: one colour per report row, the same in every figure (tab10 for the methods, greys for the baselines)
 def method_colours() -> dict:
-    from ..paths import ALL_METHODS, RAW_PIXELS, SCRATCH
+    from ..paths import RAW_PIXELS, SCRATCH, all_methods
 
     cmap = plt.get_cmap("tab10")
-    return {**{m: cmap(i) for i, m in enumerate(ALL_METHODS)}, RAW_PIXELS: "0.45", SCRATCH: "0.0"}
+    return {**{m: cmap(i % cmap.N) for i, m in enumerate(all_methods())}, RAW_PIXELS: "0.45", SCRATCH: "0.0"}
 
 
-COLOURS = method_colours()
+def colour(method: str):
+    """A row's colour; computed when drawn, so that methods of the params' plugins have theirs."""
+    return method_colours().get(method, "k")
+
 TERM_STYLES = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
 
 
@@ -39,9 +42,9 @@ def training_curves_figure(histories: dict, path: Path) -> None:
         for s, h in enumerate(runs):
             terms = ["loss", *(c for c in h.columns if c not in LOG_COLUMNS and c != "loss")]
             for t, style in zip(terms, TERM_STYLES):
-                ax.plot(h["epoch"], h[t], ls=style, color=COLOURS[method], marker="o" if t == "loss" else None, ms=3,
+                ax.plot(h["epoch"], h[t], ls=style, color=colour(method), marker="o" if t == "loss" else None, ms=3,
                         label=("total loss" if t == "loss" else t) if s == 0 else None)
-        ax.set_title(method, color=COLOURS[method])
+        ax.set_title(method, color=colour(method))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss (per epoch mean)")
         ax.legend(fontsize=7)
@@ -58,7 +61,7 @@ def _per_epoch(ax, histories: dict, column: str, transform=lambda h, v: v) -> bo
     for method, runs in histories.items():
         for s, h in enumerate(runs):
             if column in h:
-                ax.plot(h["epoch"], transform(h, h[column]), color=COLOURS[method], marker="o", ms=3, label=method if s == 0 else None)
+                ax.plot(h["epoch"], transform(h, h[column]), color=colour(method), marker="o", ms=3, label=method if s == 0 else None)
                 drawn = True
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -122,7 +125,7 @@ def label_efficiency_figure(table, path: Path) -> None:
             err = None
             if p["low"].notna().any():
                 err = [(p["mean"] - p["low"]).fillna(0).values, (p["high"] - p["mean"]).fillna(0).values]
-            ax.errorbar(p["labels_percent"], p["mean"], yerr=err, color=COLOURS[method], marker=marker, ls=style, capsize=3,
+            ax.errorbar(p["labels_percent"], p["mean"], yerr=err, color=colour(method), marker=marker, ls=style, capsize=3,
                         label=method if protocol == "fine-tune" or g["protocol"].nunique() == 1 else None)
     # t intervals over two or three seeds can be wide: the axes follow the means, longer bars are cut
     low, high = table["mean"].min(), table["mean"].max()
@@ -155,7 +158,7 @@ def confusion_figure(matrices: dict, classes: list[str], path: Path) -> None:
         m = np.asarray(m, dtype=float)[:, : len(classes)]
         acc = np.trace(m) / max(m.sum(), 1)
         im = ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{method}: ACC {acc:.3f}", color=COLOURS.get(method, "k"), fontsize=10)
+        ax.set_title(f"{method}: ACC {acc:.3f}", color=colour(method), fontsize=10)
         ticks = range(len(classes))
         ax.set_xticks(ticks, classes if i // cols == rows - 1 or i + cols >= n else [], rotation=90, fontsize=7)
         ax.set_yticks(ticks, classes if i % cols == 0 else [], fontsize=7)
@@ -185,7 +188,7 @@ def embedding_figure(features: dict, path: Path, kind: str, samples: int, seed: 
         idx = np.random.default_rng(seed).permutation(len(y))[:samples]
         e = embed_2d(x[idx].astype(np.float32), kind, seed)
         ax.scatter(e[:, 0], e[:, 1], c=y[idx], cmap="tab10", s=3, vmin=0, vmax=9)
-        ax.set_title(method, color=COLOURS.get(method, "k"))
+        ax.set_title(method, color=colour(method))
         ax.set_xticks([])
         ax.set_yticks([])
     cmap = plt.get_cmap("tab10")

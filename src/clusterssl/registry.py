@@ -1,0 +1,127 @@
+"""Which methods exist, and the facts each declares, read without importing them.
+
+A method is a class decorated with `@register("name")` in a module: the built-in ones are the
+modules of `clusterssl/methods/`, others come from an installed package's entry point in the
+group `clusterssl.methods` (its value names the module) or from the params key `plugins` (a
+list of importable module names). The class declares, as literals:
+
+    @register("mymethod", order=50)   # order: where `methods: all` and the report put it
+    class MyMethod(Method):
+        provenance = "what follows the authors, what is assumed"
+        defaults = {"temperature": 0.2, ...}                     # its method_params block
+        params_schema = {"temperature": {"type": "number"}, ...}  # JSON schema of each key
+
+They are read from the module's source (`ast.literal_eval`), not by importing it: the workflow
+validates its config at every start, and importing a method imports torch (over a second)."""
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import UserError
+
+ENTRY_POINT_GROUP = "clusterssl.methods"
+BUILTIN_DIR = Path(__file__).parent / "methods"
+BUILTIN_HELPERS = {"__init__", "base", "common"}  # modules of methods/ that hold no method
+DECLARED = ("provenance", "defaults", "params_schema")
+PLUGIN_ORDER = 1000  # plugins without an `order` come after the built-in methods
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    module: str
+    order: int
+    provenance: str
+    defaults: dict
+    params_schema: dict
+
+
+def _decorator_args(deco: ast.expr) -> tuple[str, int] | None:
+    """('name', order) of a `@register("name", order=N)` decorator, else None."""
+    if not (isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", None)) == "register"):
+        return None
+    name = ast.literal_eval(deco.args[0])
+    order = next((ast.literal_eval(k.value) for k in deco.keywords if k.arg == "order"), PLUGIN_ORDER)
+    return name, order
+
+
+def _declared(cls: ast.ClassDef, where: str) -> dict:
+    facts = {}
+    for stmt in cls.body:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else getattr(stmt, "target", None)
+        if isinstance(target, ast.Name) and target.id in DECLARED and stmt.value is not None:
+            try:
+                facts[target.id] = ast.literal_eval(stmt.value)
+            except ValueError:
+                raise UserError(f"{where}: `{target.id}` of class {cls.name} must be a literal (it is read without importing the module)") from None
+    missing = [k for k in DECLARED if k not in facts]
+    if missing:
+        raise UserError(f"{where}: class {cls.name} is registered but does not declare {', '.join(missing)} (see clusterssl/registry.py)")
+    if set(facts["defaults"]) != set(facts["params_schema"]):
+        raise UserError(f"{where}: class {cls.name}: `defaults` and `params_schema` must have the same keys "
+                        f"(only in defaults: {sorted(set(facts['defaults']) - set(facts['params_schema']))}; "
+                        f"only in params_schema: {sorted(set(facts['params_schema']) - set(facts['defaults']))})")
+    return facts
+
+
+def read_module(module: str) -> list[MethodSpec]:
+    """The methods a module registers, from its source."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        spec, reason = None, str(exc)
+    else:
+        reason = "not found"
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise UserError(f"method module '{module}' cannot be read ({reason}): install its package, or put it on PYTHONPATH")
+    source = Path(spec.origin).read_text()
+    out = []
+    for node in ast.parse(source, spec.origin).body:
+        if isinstance(node, ast.ClassDef):
+            for deco in node.decorator_list:
+                registered = _decorator_args(deco)
+                if registered:
+                    out.append(MethodSpec(registered[0], module, registered[1], **_declared(node, spec.origin)))
+    return out
+
+
+def _modules(plugins: tuple[str, ...]) -> list[str]:
+    builtin = [f"clusterssl.methods.{f.stem}" for f in sorted(BUILTIN_DIR.glob("*.py")) if f.stem not in BUILTIN_HELPERS]
+    installed = [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    return list(dict.fromkeys([*builtin, *installed, *plugins]))
+
+
+@functools.lru_cache(maxsize=None)
+def _specs(plugins: tuple[str, ...]) -> dict[str, MethodSpec]:
+    found: dict[str, MethodSpec] = {}
+    for module in _modules(plugins):
+        for spec in read_module(module):
+            if spec.name in found:
+                raise UserError(f"method '{spec.name}' is registered twice: in {found[spec.name].module} and in {module}; rename one")
+            found[spec.name] = spec
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
+
+
+_plugins: list[str] = []  # modules named by the params key `plugins` of the params loaded in this process
+
+
+def use_plugins(modules: list[str]) -> None:
+    """Add the params' `plugins` modules to this process's registry (clusterssl.config calls it)."""
+    _plugins.extend(m for m in modules if m not in _plugins)
+
+
+def methods(plugins: list[str] | tuple[str, ...] = ()) -> dict[str, MethodSpec]:
+    """Every registered method by name, in report order: built-in, installed, then `plugins`."""
+    return _specs(tuple(dict.fromkeys([*_plugins, *plugins])))
+
+
+def method(name: str) -> MethodSpec:
+    known = methods()
+    if name not in known:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(known)}")
+    return known[name]
