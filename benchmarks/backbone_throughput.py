@@ -1,7 +1,7 @@
 """Training throughput of the backbone/stem choices for 28 px grey images, measured side by
 side in one run (forward + backward, batch 256, this machine's threads). Prints images/s and
 the ratio to the preset's backbone (read from --params), which is how the default backbone was
-picked (docs/default-preset.md).
+picked (studies/default_preset).
 
     python benchmarks/backbone_throughput.py [--params params.yaml] [--steps 5] [--batch 256]
 """

@@ -188,10 +188,10 @@ def preset_in(tmp: Path, preset: str = "tiny", name: str = "params.yaml", **over
     return f
 
 
-def snakemake(workdir: Path, params: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, params: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     run = subprocess.run(
         [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", workdir, "--configfile", params, *args],
-        capture_output=True, text=True, env=ENV,
+        capture_output=True, text=True, env=env or ENV,
     )
     if run.returncode:
         pytest.fail(f"snakemake {' '.join(map(str, args))} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")

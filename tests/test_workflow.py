@@ -117,7 +117,7 @@ def test_fmnist_all_preset_is_the_default_with_every_method_at_twice_its_epochs(
     assert sorted(every.pop("methods")) == sorted(ALL_METHODS)
     default.pop("methods")
     assert every.pop("paths")["results"] != default.pop("paths")["results"]
-    # twice the default's epochs (docs/tuning.md, "Twice the budget"); the default keeps its 30-minute bound
+    # twice the default's epochs (studies/budget); the default keeps its 30-minute bound
     assert every["pretrain"].pop("epochs") == 2 * default["pretrain"].pop("epochs")
     assert every == default, "fmnist-all must give each method the default preset's settings and recipe"
 
@@ -348,3 +348,23 @@ def test_snakemake_lint_is_clean(tmp_path):
     """`snakemake --lint` finds nothing to say about the workflow (rules, profiles' resources, logs)."""
     run = snakemake(tmp_path, preset_in(tmp_path), "--lint")
     assert "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "config/presets").glob("*.yaml")))
+def test_dvc_exp_args_turn_params_yaml_into_the_preset(tmp_path, preset):
+    """`clusterssl exp-args PRESET | xargs dvc exp run` sets, through DVC's own override code,
+    exactly the values of the preset merged onto params.yaml: DVC runs any preset with no file
+    copied by hand."""
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
+    from clusterssl.config import load_params
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    args = subprocess.run([BIN / "clusterssl", "exp-args", ROOT / f"config/presets/{preset}.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, check=True, env=ENV).stdout
+    words = shlex.split(args)  # as xargs splits them
+    assert words[::2] == ["-S"] * (len(words) // 2)
+    apply_overrides(tmp_path / "params.yaml", words[1::2])
+    assert load_params(tmp_path / "params.yaml") == load_params(ROOT / "params.yaml", ROOT / f"config/presets/{preset}.yaml")

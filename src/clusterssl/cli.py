@@ -122,6 +122,20 @@ def cmd_report(args):
     print(build_report(_params(args), reference=Path(args.reference) if args.reference else None))
 
 
+def cmd_exp_args(args):
+    """The preset as `dvc exp run` arguments: `clusterssl exp-args PRESET | xargs dvc exp run`."""
+    import shlex
+
+    from .config import dvc_overrides, load_params, merge, read_yaml_mapping
+
+    load_params(args.params, *args.preset, *args.presets)  # the merged config must be valid before DVC runs it
+    overlay: dict = {}
+    for preset in (*args.preset, *args.presets):
+        overlay = merge(overlay, read_yaml_mapping(preset, "params"))
+    for override in dvc_overrides(overlay):
+        print("-S", shlex.quote(override))
+
+
 def cmd_docs(args):
     from .io import write_text
     from .paramdoc import render
@@ -132,6 +146,13 @@ def cmd_docs(args):
     else:
         write_text(args.output, text)
         print(args.output)
+
+
+def cmd_readme(args):
+    from .readme import run
+
+    for path in run(args.name, args.readme, args.results, report=args.report, command=args.command):
+        print(path)
 
 
 def method_name(text: str) -> str:
@@ -205,13 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tune", help="score a method's candidate recipes on the held-out proxy (equal budget per method)")
     s.add_argument("--method", required=True, type=method_name)
-    s.add_argument("--search", required=True, help="proxy and candidates: one file per round, e.g. config/search/round3.yaml")
+    s.add_argument("--search", required=True, help="proxy and candidates: one file per round, e.g. studies/recipe_search/round3.yaml")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("report", help="tables and figures from saved metrics")
     s.add_argument("--reference", default=None, help="published numbers CSV (default: reference/reported_numbers.csv if present)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("exp-args", help="a preset as `dvc exp run -S` arguments: clusterssl exp-args PRESET | xargs dvc exp run")
+    s.add_argument("presets", nargs="+", metavar="PRESET", help="preset files (config/presets/*.yaml), merged onto --params in turn")
+    s.set_defaults(fn=cmd_exp_args)
+
+    s = sub.add_parser("readme", help="the README's results table NAME, generated from a report (docs/results/NAME.csv, .yaml)")
+    s.add_argument("name", help="the table's name, e.g. default: README markers <!-- results: NAME --> ... <!-- /results: NAME -->")
+    s.add_argument("--report", default=None, help="a report folder (e.g. results/report) to copy into docs/results first; "
+                   "without it the block is re-rendered from docs/results")
+    s.add_argument("--command", default=None, help="with --report: the command that produced the run, shown beside the table")
+    s.add_argument("--readme", default="README.md", help="the README with the markers (default: README.md)")
+    s.add_argument("--results", default="docs/results", help="where NAME.csv and NAME.yaml are kept (default: docs/results)")
+    s.set_defaults(fn=cmd_readme)
 
     s = sub.add_parser("docs", help="generated documentation").add_subparsers(dest="action", required=True).add_parser(
         "parameters", help="every params key with its meaning, default, allowed values and the stages that read it")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -108,6 +109,15 @@ def validate(params: dict, source: str = "params") -> dict:
     return params
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as params files are written: also `1e-05` is a float (YAML 1.2, what DVC writes after
+    `dvc exp run -S`), where PyYAML's YAML 1.1 reads a string."""
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789."))
+
+
 def read_yaml_mapping(path: str | Path, what: str, hint: str = "") -> dict:
     """A YAML file holding a mapping (params, a search file); one UserError naming the file
     (and, for a syntax error, its line) otherwise."""
@@ -115,7 +125,7 @@ def read_yaml_mapping(path: str | Path, what: str, hint: str = "") -> dict:
     if not path.exists():
         raise UserError(f"{path}: {what} file not found{hint}")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.load(path.read_text(), Loader=ParamsLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(content, dict):
@@ -131,6 +141,38 @@ def load_params(*files: str | Path) -> dict:
     for f in files:
         params = merge(params, read_yaml_mapping(f, "params", " (pass --params FILE or run from the project root)"))
     return validate(params, " + ".join(map(str, files)))
+
+
+def hydra_value(value) -> str:
+    """`value` in the override grammar `dvc exp run -S key=value` reads (Hydra's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):  # Hydra reads 1e-05 as a string: its floats need a point
+        mantissa, e, exponent = repr(value).partition("e")
+        return mantissa + ("" if "." in mantissa or not e else ".0") + e + exponent
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no override syntax for {value!r}")
+
+
+def dvc_overrides(overlay: dict, prefix: str = "") -> list[str]:
+    """`++key=value` for each value a preset sets (sections walked down to their values), the
+    arguments of `dvc exp run -S` that turn params.yaml into the preset merged onto it."""
+    out = []
+    for key, value in overlay.items():
+        if isinstance(value, dict) and value:
+            out += dvc_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"++{prefix}{key}={hydra_value(value)}")
+    return out
 
 
 def typed(value):

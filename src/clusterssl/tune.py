@@ -5,7 +5,7 @@ The proxy holds `holdout` images of the train split out (a fixed seeded draw), p
 `pretrain_images` of the others for `epochs` epochs with the preset's backbone, and scores the
 frozen encoder by the linear probe's top-1 on the held-out images (the probe is fitted on
 `probe_images` of the others). The test split is never read. A search file
-(`config/search/round<N>.yaml`, one per round) lists each method's candidates as overrides of
+(e.g. `studies/recipe_search/round<N>.yaml`, one per round) lists each method's candidates as overrides of
 its params, dotted keys under `method_params.<method>` (`temperature`, `augment.crop_scale`,
 `pretrain.lr`, ...); every method must list the same number. Results go to
 `<results>/tuning/<dataset>/<round>/<method>.{csv,md}` (`<round>`: the search file's name

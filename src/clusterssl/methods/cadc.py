@@ -3,7 +3,7 @@
 Three views per image: the clean (un-augmented) image x and two augmented views.
 - Instance loss: NT-Xent between the two augmented views' projections (tau 0.5 as in CC's
   code; the Fashion-MNIST presets use 0.2, the winner of round 2 of the equal search,
-  docs/tuning.md).
+  studies/recipe_search).
 - Learnable centres mu (K x dim(h)) in backbone-feature space, placed by k-means on the
   backbone's features of the training set (the paper: the untrained backbone's); soft
   assignment by a Student-t kernel (DEC): q_ik ~ (1 + ||h_i - mu_k||^2)^-1.
@@ -21,7 +21,7 @@ backbone, the paper's start, the features are tightly bunched and then spread ou
 the Student-t assignment goes nearly uniform: with w = 1 the terms then lock the features into
 4-5 of 10 clusters, with w = 0.1 they stay near zero for all 10 epochs and the head is weak (ACC
 0.37). Centres from k-means after two epochs keep the terms active and all 10 clusters in use
-(docs/default-preset.md, "CADC")."""
+(studies/default_preset, "CADC")."""
 from __future__ import annotations
 
 import numpy as np
@@ -70,7 +70,7 @@ class CADC(Method):
         "on the backbone's features; assumed: projector size, k-means n_init, no weight decay on the centres, "
         "clustering + anchor weight 0.1 (paper: 1), k-means after 2 epochs of the instance loss alone "
         "(paper: on the untrained backbone); SGD, the shared recipe (Adam as in CC's code lost the equal search, "
-        "docs/tuning.md); in the Fashion-MNIST presets instance tau 0.2, not 0.5 (round 2 of the equal search)"
+        "studies/recipe_search); in the Fashion-MNIST presets instance tau 0.2, not 0.5 (round 2 of the equal search)"
     )
     defaults = {
         "temperature": 0.2,

@@ -10,8 +10,8 @@ usage to uniform) so that no cluster is empty.
 classes; the cluster of an image is the argmax of the cluster head. The authors train with Adam
 (lr 3e-4, no weight decay, crops of scale 0.08-1) for 1000 epochs; in the presets' 10-epoch
 budget that recipe lost to the shared SGD recipe by 4.6-8.9 points in the equal search
-(docs/tuning.md), so CC trains with SGD here: a deviation, stated in the report. Round 2 of the
-search chose tau_C = 0.5; round 3's three seeds undid it (docs/tuning.md), so the presets keep
+(studies/recipe_search), so CC trains with SGD here: a deviation, stated in the report. Round 2 of the
+search chose tau_C = 0.5; round 3's three seeds undid it (studies/recipe_search), so the presets keep
 the authors' 1.0. Otherwise nothing assumed beyond the scaled-down head width."""
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def cc_cluster_loss(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> d
 class ContrastiveClustering(Method):
     provenance = (
         "code: instance NT-Xent + cluster-column NT-Xent + entropy, heads without BN, tau 0.5 / 1.0; "
-        "deviation: SGD, the shared recipe, instead of the authors' Adam 3e-4 (it lost the equal search, docs/tuning.md)"
+        "deviation: SGD, the shared recipe, instead of the authors' Adam 3e-4 (it lost the equal search, studies/recipe_search)"
     )
     defaults = {
         "instance_temperature": 0.5,

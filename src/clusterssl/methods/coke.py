@@ -13,7 +13,7 @@ are trained this way, for every head.
 [code] two-view variant of the authors' code: T = 0.05, alpha = 0.2, eta = 20, gamma = 0.4,
 3-layer projector ending in BatchNorm, 2-layer predictor, several heads. Round 2 of the equal
 search chose alpha = 0.5 by 0.01 points; round 3's three seeds undid it. Round 4 adopted batch
-64 (not the shared 128) in the CPU presets, its recipe's one change (docs/tuning.md).
+64 (not the shared 128) in the CPU presets, its recipe's one change (studies/recipe_search).
 [assumed] K per head scaled down to small data (`num_clusters`; the first head is the one
 scored as the method's cluster head); in the first epoch, when there are no previous-epoch
 labels or centres yet, the targets are this batch's online labels and the logits use the

@@ -3,7 +3,7 @@ key encoder gives for another view of the same image, against a queue of earlier
 
 Follows the paper; settings from solo-learn's CIFAR config (tau 0.2, EMA 0.99 -> 1 with a
 cosine schedule, symmetrised over the two views); the Fashion-MNIST presets use tau 0.1, the
-winner of round 2 of the equal search (docs/tuning.md). As in solo-learn there is one queue per
+winner of round 2 of the equal search (studies/recipe_search). As in solo-learn there is one queue per
 view, each starting full of random unit keys: view 1's queries are contrasted with earlier
 view-2 keys and view 2's with earlier view-1 keys, then each view's keys join its own queue
 (`queue_size` keys per view). Single-device runs

@@ -10,7 +10,7 @@ tau 0.1, prototypes renormalised after every step and frozen (no gradient) for t
 batch once full (`queue_size: 0` turns it off). K is scaled down on small data (3000 on
 ImageNet-scale data); tau 0.1 in the Fashion-MNIST presets too (round 2 of the equal search chose
 0.2 by 0.01 points; round 3's three seeds undid it). Round 5 adopted SGD lr 0.6 per 256 in the
-Fashion-MNIST presets, twice the shared rate (docs/tuning.md). Multi-crop local views,
+Fashion-MNIST presets, twice the shared rate (studies/recipe_search). Multi-crop local views,
 when configured, predict the global views' codes."""
 from __future__ import annotations
 
