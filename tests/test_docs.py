@@ -199,3 +199,11 @@ def test_the_docs_verb_writes_the_page_atomically(tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["parameters.md"]  # no temporary file left
     assert cli.main(["--params", params, "docs", "parameters", "-o", "-"]) == 0
     assert capsys.readouterr().out == out.read_text()
+
+
+def test_readme_is_a_users_guide_not_a_lab_notebook():
+    """At most 200 lines, and no dates, issue numbers or search rounds: how a number was reached
+    belongs to studies/."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b|\bissue \d+|\bround \d\b", text, flags=re.IGNORECASE)

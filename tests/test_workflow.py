@@ -368,3 +368,11 @@ def test_dvc_exp_args_turn_params_yaml_into_the_preset(tmp_path, preset):
     assert words[::2] == ["-S"] * (len(words) // 2)
     apply_overrides(tmp_path / "params.yaml", words[1::2])
     assert load_params(tmp_path / "params.yaml") == load_params(ROOT / "params.yaml", ROOT / f"config/presets/{preset}.yaml")
+
+
+def test_dvc_yaml_is_generated_from_the_stages_and_paths():
+    """dvc.yaml is what `clusterssl dvc-yaml` writes (the stages' params keys and the output
+    paths, declared once in the package): regenerate it after adding a stage."""
+    from clusterssl.dvcgen import render
+
+    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is out of date: run `clusterssl dvc-yaml`"

@@ -122,6 +122,14 @@ def cmd_report(args):
     print(build_report(_params(args), reference=Path(args.reference) if args.reference else None))
 
 
+def cmd_dvc_yaml(args):
+    from .dvcgen import render
+    from .io import write_text
+
+    write_text(Path(args.output), render())
+    print(args.output)
+
+
 def cmd_exp_args(args):
     """The preset as `dvc exp run` arguments: `clusterssl exp-args PRESET | xargs dvc exp run`."""
     import shlex
@@ -233,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="tables and figures from saved metrics")
     s.add_argument("--reference", default=None, help="published numbers CSV (default: reference/reported_numbers.csv if present)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stages' params keys and the output paths (run after adding a stage)")
+    s.add_argument("-o", "--output", default="dvc.yaml")
+    s.set_defaults(fn=cmd_dvc_yaml)
 
     s = sub.add_parser("exp-args", help="a preset as `dvc exp run -S` arguments: clusterssl exp-args PRESET | xargs dvc exp run")
     s.add_argument("presets", nargs="+", metavar="PRESET", help="preset files (config/presets/*.yaml), merged onto --params in turn")
