@@ -332,7 +332,7 @@ def test_transfer_target_must_be_in_params(tmp_path, capsys, digits_params):
     assert "eval.transfer.datasets" in err
     rc, _, err = run(capsys, digits_params, "embed", "--method", paths.RAW_PIXELS, "--dataset", "nosuch")
     assert_user_error(rc, err)
-    assert "--dataset: invalid choice: 'nosuch'" in err
+    assert "--dataset nosuch is neither 'dataset' nor one of eval.transfer.datasets" in err
     assert all_files(tmp_path / "results") == []
 
 

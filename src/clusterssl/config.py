@@ -21,11 +21,23 @@ RECIPE_KEYS = ("augment", "pretrain")  # a method's own values of these shared s
 
 
 def load_schema(plugins: list[str] | tuple[str, ...] = ()) -> dict:
-    """The params schema, with `methods` and `method_params` completed from the registry."""
+    """The params schema, with `methods` and `method_params` completed from the method registry,
+    `dataset` and `eval.transfer.datasets` from the dataset registry (clusterssl/data/registry.py)."""
+    from . import data  # here: most importers of config need no dataset
+
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     known = registry.methods(plugins)
     props = schema["properties"]
-    props["methods"]["oneOf"][1]["items"]["enum"] = list(known)
+    datasets = data.with_plugins(plugins)
+    # `x-registry` (ignored by validation) tells docs/parameters.md to name the registry, not its
+    # current names, so that a new method or dataset leaves that page as it is
+    filled = [(props["methods"]["oneOf"][1]["items"], "method", list(known)),
+              (props["dataset"], "dataset", list(datasets)),
+              # transfer reads a dataset whole into memory: not the ones prepared in shards
+              (props["eval"]["properties"]["transfer"]["properties"]["datasets"]["items"], "dataset prepared as arrays (not shards)",
+               [name for name, source in datasets.items() if not data.registry.is_sharded(source)])]
+    for node, kind, names in filled:
+        node.update({"enum": names, "x-registry": kind})
     recipe = {
         "augment": {"$ref": "#/$defs/augment_keys", "description": "this method's recipe: replaces these shared augment keys"},
         "pretrain": {"$ref": "#/$defs/recipe_pretrain_keys", "unevaluatedProperties": False,
@@ -57,7 +69,10 @@ def complete(params: dict) -> dict:
     params.yaml so); return `params`."""
     plugins = params.get("plugins", [])
     if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
-        registry.use_plugins(plugins)
+        from . import data
+
+        data.use_plugins(plugins)  # first: a module that cannot be found leaves both registries as they were
+        registry.use_plugins(plugins)  # the same modules may register methods, datasets or both
     own = params.get("method_params")
     if isinstance(own, dict):
         for name, spec in registry.methods().items():

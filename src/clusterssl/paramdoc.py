@@ -104,6 +104,8 @@ def describe(schema: dict, root: dict) -> str:
     s = resolve(schema, root)
     if "const" in s:
         return _code(s["const"])
+    if "x-registry" in s:
+        return f"a registered {s['x-registry']}"
     if "enum" in s:
         return "one of " + ", ".join(_code(v) for v in s["enum"])
     for combinator in ("oneOf", "anyOf"):

@@ -1,4 +1,6 @@
-"""Dataset registry: each source knows how to fetch its raw files and prepare them.
+"""Datasets: each source knows how to fetch its raw files and prepare them. Which sources exist
+is found, not listed: data/registry.py (a module declares `DATASETS`; installed packages and the
+params key `plugins` add theirs).
 
 Prepared format (DESIGN.md): `train.npz` / `test.npz` with `images` (uint8, N x H x W x C) and
 `labels` (int64), plus `meta.json` (name, classes, shape, counts, checksums of the outputs)."""
@@ -10,23 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from ..io import UserError, atomic_dir, file_sha256, read_json, write_json
-from . import cifar, digits, fashion_mnist, imagenet, stl10
+from .registry import SOURCES, describe, refresh, use_plugins, with_plugins  # noqa: F401 (the package's interface)
 from .shards import ShardedSplit, has_shards
 
-# each source: fetch(raw_dir), load_raw(raw_dir) -> (train, test), and CLASSES or
-# read_classes(raw_dir); optionally load_extra(raw_dir) -> {split: (images, labels)}
-SOURCES = {
-    "fashion_mnist": fashion_mnist,
-    "digits": digits,
-    "cifar10": cifar.CIFAR10,
-    "cifar100": cifar.CIFAR100,
-    "cifar100_20": cifar.CIFAR100_20,
-    "stl10": stl10,
-    "imagenet": imagenet.IMAGENET,
-    "imagenet100": imagenet.IMAGENET100,
-}
-# sources with SHARDED = True provide prepare_into(raw_dir, out_dir) instead of load_raw: their
-# splits are written as shards (data/shards.py) and loaded as ShardedSplit
+# SOURCES: name -> source (registry.py lists what a source provides); filled at the end of this
+# file, once the names a dataset module may import from here exist. Sources with SHARDED = True
+# provide prepare_into(raw_dir, out_dir) instead of load_raw: their splits are written as shards
+# (data/shards.py) and loaded as ShardedSplit
 
 
 def get_source(name: str):
@@ -49,16 +41,25 @@ def prepare(name: str, raw_dir: Path, out_dir: Path) -> Path:
     if not raw_dir.exists():
         raise UserError(f"{raw_dir}: raw data not found; run `clusterssl data fetch {name}` first")
     classes = source.read_classes(raw_dir) if hasattr(source, "read_classes") else source.CLASSES
-    if getattr(source, "SHARDED", False):
+    facts = describe(name, source)
+    if len(classes) != facts.num_classes:
+        raise UserError(f"{raw_dir}: holds {len(classes)} class names, but {name} has {facts.num_classes} classes; "
+                        f"delete {raw_dir} and run `clusterssl data fetch {name}` again")
+    if facts.sharded:
         with atomic_dir(out_dir) as tmp:
             counts = source.prepare_into(raw_dir, tmp)
-            shape = [source.SIZE, source.SIZE, 3]
+            shape = list(facts.shape)
             write_json(tmp / "meta.json", {"name": name, "classes": list(classes), "image_shape": shape, "format": "shards",
                                            "num_train": counts["train"], "num_test": counts["test"], "splits": counts})
         return out_dir
+    train, test = source.load_raw(raw_dir)
     extra = source.load_extra(raw_dir) if hasattr(source, "load_extra") else {}
+    for split, (images, _) in {"train": train, "test": test, **extra}.items():
+        if tuple(images.shape[1:]) != facts.shape:
+            raise UserError(f"{name}: its {split} images are {' x '.join(map(str, images.shape[1:]))}, but its module "
+                            f"({facts.module}) declares SHAPE {' x '.join(map(str, facts.shape))}; fix one of them")
     with atomic_dir(out_dir) as tmp:
-        write_prepared(tmp, name, classes, *source.load_raw(raw_dir), extra=extra)
+        write_prepared(tmp, name, classes, train, test, extra=extra)
     return out_dir
 
 
@@ -137,3 +138,6 @@ def load_prepared(prepared_dir: Path, split: str, limit: int | None = None) -> S
 
 def load_meta(prepared_dir: Path) -> dict:
     return read_json(Path(prepared_dir) / "meta.json")
+
+
+refresh()  # last: a dataset module may import this package's names (write_prepared, load_meta)

@@ -61,6 +61,18 @@ class Cifar:
     label_key: str                # the batch key holding the labels
     names_key: str                # the meta file's key holding the class names
     meta_file: str
+    title: str
+    num_classes: int
+
+    SHAPE = (32, 32, 3)  # data/registry.py: what a dataset declares (a class constant, not a field)
+
+    @property
+    def TITLE(self) -> str:
+        return self.title
+
+    @property
+    def NUM_CLASSES(self) -> int:
+        return self.num_classes
 
     @property
     def mirror_name(self) -> str:  # cifar100_20 comes from CIFAR-100's archive
@@ -103,8 +115,10 @@ class Cifar:
 
 
 CIFAR10 = Cifar("cifar10", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
-                tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "labels", "label_names", "batches.meta")
+                tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "labels", "label_names", "batches.meta", "CIFAR-10", 10)
 CIFAR100 = Cifar("cifar100", "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
-                 ("train",), "test", "fine_labels", "fine_label_names", "meta")
+                 ("train",), "test", "fine_labels", "fine_label_names", "meta", "CIFAR-100", 100)
 CIFAR100_20 = Cifar("cifar100_20", CIFAR100.archive, CIFAR100.md5, CIFAR100.folder, ("train",), "test",
-                    "coarse_labels", "coarse_label_names", "meta")
+                    "coarse_labels", "coarse_label_names", "meta", "CIFAR-100 (20 superclasses)", 20)
+
+DATASETS = {"cifar10": CIFAR10, "cifar100": CIFAR100, "cifar100_20": CIFAR100_20}  # data/registry.py

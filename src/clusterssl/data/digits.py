@@ -4,11 +4,14 @@ No download: `fetch` copies the arrays out of scikit-learn into the raw director
 stage structure (fetch -> prepare) is the same as for every other dataset."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 CLASSES = tuple(str(i) for i in range(10))
+SHAPE = (8, 8, 1)
+TITLE = "digits (8x8)"
 TEST_FRACTION = 0.25
 
 
@@ -30,3 +33,6 @@ def load_raw(raw_dir: Path):
         idx = rng.permutation(np.flatnonzero(labels == c))
         test[idx[: int(round(len(idx) * TEST_FRACTION))]] = True
     return (x[~test], labels[~test]), (x[test], labels[test])
+
+
+DATASETS = {"digits": sys.modules[__name__]}  # this module is the source (data/registry.py)

@@ -9,6 +9,7 @@ re-gzips the files) verifies as long as its content is the original data."""
 from __future__ import annotations
 
 import gzip
+import sys
 import zlib
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ..io import UserError, stream_sha256
 from . import download
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+SHAPE = (28, 28, 1)
+TITLE = "Fashion-MNIST"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the decompressed IDX files (measured on Debian's dataset-fashion-mnist 0.0~git20200523)
@@ -80,3 +83,6 @@ def load_raw(raw_dir: Path):
         return x, y
 
     return split("train"), split("t10k")
+
+
+DATASETS = {"fashion_mnist": sys.modules[__name__]}  # this module is the source (data/registry.py)

@@ -69,9 +69,10 @@ class ImageNetFolder:
 
     SHARDED = True  # data/__init__.py: prepare_into writes shards, loads give a ShardedSplit
 
-    def __init__(self, title: str, read_classes):
+    def __init__(self, title: str, read_classes, num_classes: int):
         self.title = title
         self._read_classes = read_classes  # called when the classes are first needed
+        self.NUM_CLASSES = num_classes  # known without reading the list (the registry asks at every start)
 
     @functools.cached_property
     def CLASSES(self) -> tuple[str, ...]:
@@ -80,6 +81,14 @@ class ImageNetFolder:
     @property
     def SIZE(self) -> int:
         return SIZE
+
+    @property
+    def SHAPE(self) -> tuple[int, int, int]:
+        return (SIZE, SIZE, 3)
+
+    @property
+    def TITLE(self) -> str:
+        return self.title
 
     def list_class_images(self, folder: Path) -> list[tuple[str, int]]:
         """(path relative to `folder`, label) of every image of the classes, in a fixed order;
@@ -172,5 +181,7 @@ def _images(loader):
         yield x.numpy()
 
 
-IMAGENET = ImageNetFolder("ImageNet-1k", imagenet_1k_classes)
-IMAGENET100 = ImageNetFolder("ImageNet-100", lambda: CMC_CLASSES)
+IMAGENET = ImageNetFolder("ImageNet-1k", imagenet_1k_classes, 1000)
+IMAGENET100 = ImageNetFolder("ImageNet-100", lambda: CMC_CLASSES, 100)
+
+DATASETS = {"imagenet": IMAGENET, "imagenet100": IMAGENET100}  # data/registry.py

@@ -6,6 +6,7 @@ slowest within a channel), labels as bytes 1..10. `unlabeled` is prepared as a t
 (labels -1) that presets add to the pretraining set, as the papers pretrain on train+unlabeled."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ MD5 = "91f7769df0f17e558f3565bffb0c7dfb"
 FOLDER = "stl10_binary"
 CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 SIDE = 96
+SHAPE = (SIDE, SIDE, 3)
+TITLE = "STL-10"
 
 
 def fetch(out_dir: Path) -> None:
@@ -59,3 +62,6 @@ def load_extra(raw_dir: Path) -> dict:
     """Splits beyond train and test: the 100k unlabelled images."""
     x = read_images(raw_dir / FOLDER / "unlabeled_X.bin")
     return {"unlabeled": (x, np.full(len(x), -1, dtype=np.int64))}
+
+
+DATASETS = {"stl10": sys.modules[__name__]}  # this module is the source (data/registry.py)
