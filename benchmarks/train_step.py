@@ -12,7 +12,7 @@ kornia is in the `dev` extra. Random images of the shape of the preset's prepare
 `training_batch` + `training_step` (under bf16 autocast where `pretrain.amp` turns it on) +
 the loop's per-step reads of the loss (its finite check and running sums) + backward + optimizer
 step, as in `clusterssl.train`, on the preset's `pretrain.device` with the loop's deterministic
-kernels (`clusterssl.train.use_device`); one contender leaves the reads out, which on a GPU is
+kernels (`clusterssl.runtime.use_device`); one contender leaves the reads out, which on a GPU is
 what they cost, and one lets cuDNN autotune, which on a GPU is what determinism costs.
 """
 from __future__ import annotations
@@ -27,7 +27,9 @@ import yaml
 from clusterssl.augment import AugmentConfig, ViewSpec, make_views
 from clusterssl.io import UserError, read_json
 from clusterssl.paths import prepared_dir
-from clusterssl.train import bf16_autocast, build_method, make_optimizer, pretrain_config, training_batch, use_device
+from clusterssl.optim import make_optimizer
+from clusterssl.runtime import bf16_autocast, build_method, pretrain_config, use_device
+from clusterssl.train import training_batch
 
 
 def kornia_pipeline(cfg: AugmentConfig, size: int, channels: int) -> torch.nn.Module:
@@ -85,7 +87,7 @@ def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, com
     def step():
         if deterministic:
             return one_step()
-        # the switches clusterssl.train.use_device sets are global: turned off for this step only
+        # the switches clusterssl.runtime.use_device sets are global: turned off for this step only
         was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False

@@ -90,3 +90,19 @@ def test_machine_line_names_the_cpu_kernels_results_depend_on():
 
     line = machine()
     assert f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()};" in line and "logical CPUs" in line, line
+
+
+def test_methods_table_reads_recipe_and_provenance_from_each_runs_config(tmp_path):
+    """The report takes each method's recipe and provenance from the config.json pretraining
+    wrote (it imports no method); a config.json without them names itself and the fix."""
+    from clusterssl.io import UserError, write_json
+    from clusterssl.report import run_configs
+
+    params = {"paths": {"results": str(tmp_path)}, "dataset": "digits", "seeds": [3], "methods": ["carl", "simclr"]}
+    carl = {"recipe": {"pretrain.lr": 0.6}, "provenance": "paper: prototypes"}
+    write_json(paths.run_files(params, "carl", 3)[2], carl)
+    write_json(paths.run_files(params, "simclr", 3)[2], {"recipe": {}})
+    with pytest.raises(UserError, match=r"simclr/seed3/config.json: has no provenance .* run `clusterssl pretrain --method simclr --seed 3` again"):
+        run_configs(params)
+    write_json(paths.run_files(params, "simclr", 3)[2], {"recipe": {}, "provenance": "paper: NT-Xent"})
+    assert run_configs(params) == {"carl": carl, "simclr": {"recipe": {}, "provenance": "paper: NT-Xent"}}

@@ -171,6 +171,14 @@ def method_name(text: str) -> str:
     return text
 
 
+def dataset_name(text: str) -> str:
+    """A dataset's name (checked against the registry once the params, whose `plugins` may add
+    datasets, are loaded): it names folders under data/ and results/, so never a path."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", text):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} is not a dataset name (lowercase letters, digits and _)")
+    return text
+
+
 def seed(text: str) -> int:
     """A seed as params allow it (an integer >= 0): it names folders, so nothing else gets through."""
     if not text.isdigit():
@@ -186,11 +194,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import SOURCES
     from .paths import PROTOCOLS
-
-    # names become folder names under data/ and results/: only known ones, never a path
-    datasets = tuple(SOURCES)
 
     ap = Parser(prog="clusterssl", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -201,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch or prepare a dataset").add_subparsers(dest="action", required=True)
     for name, fn in (("fetch", cmd_fetch), ("prepare", cmd_prepare)):
         s = d.add_parser(name)
-        s.add_argument("dataset", nargs="?", choices=datasets, help="dataset name (default: params 'dataset')")
+        s.add_argument("dataset", nargs="?", type=dataset_name, help="dataset name (default: params 'dataset')")
         s.set_defaults(fn=fn)
     s = d.add_parser("split", help="a class-balanced labelled subset of the train split (semi-supervised evaluation)")
-    s.add_argument("dataset", nargs="?", choices=datasets, help="dataset name (default: params 'dataset')")
+    s.add_argument("dataset", nargs="?", type=dataset_name, help="dataset name (default: params 'dataset')")
     s.add_argument("--fraction", type=float, required=True, help="one of eval.semisup.fractions")
     s.add_argument("--seed", type=seed, default=0)
     s.set_defaults(fn=cmd_split)
@@ -222,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("embed", help="extract frozen features of a pretrained run (or raw_pixels)")
     run_args(s)
-    s.add_argument("--dataset", default=None, choices=datasets, help="embed this dataset's images (default: params 'dataset'; else one of eval.transfer.datasets)")
+    s.add_argument("--dataset", default=None, type=dataset_name, help="embed this dataset's images (default: params 'dataset'; else one of eval.transfer.datasets)")
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("eval", help="evaluate frozen features with one protocol")
     s.add_argument("protocol", choices=PROTOCOLS)
     run_args(s)
-    s.add_argument("--target", default=None, choices=datasets, help="transfer: the target dataset (one of eval.transfer.datasets)")
+    s.add_argument("--target", default=None, type=dataset_name, help="transfer: the target dataset (one of eval.transfer.datasets)")
     s.add_argument("--fraction", type=float, default=None, help="semisup: the labelled fraction (one of eval.semisup.fractions)")
     s.set_defaults(fn=cmd_eval)
 

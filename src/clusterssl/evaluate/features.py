@@ -72,7 +72,7 @@ def match_shape(images: np.ndarray, shape) -> np.ndarray:
 
 def embed(params: dict, method: str, seed: int, dataset: str | None = None, threads: int | None = None) -> Path:
     """Features of `dataset` (default: the pretraining dataset) under `method`'s encoder."""
-    from ..train import load_trained, use_device  # imported here: it pulls in timm
+    from ..runtime import load_trained, use_device  # imported here: it pulls in timm
 
     if threads:
         torch.set_num_threads(threads)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# defined below train, whose online monitor uses the same one
+from ..knn import knn_predict
 from .metrics import clustering_scores, matched_confusion
 
 
@@ -59,31 +62,15 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int, lr: float, weigh
     return {"top1": test_acc, "train_top1": train_acc}
 
 
-@torch.no_grad()
-def knn_predict(train_x, train_y, test_x, k: int, temperature: float, chunk: int = 1024) -> np.ndarray:
-    """Weighted k-NN (Wu et al., InstDisc): cosine similarity, votes weighted by exp(s / T)."""
-    tr = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
-    te = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
-    ytr = torch.as_tensor(train_y)
-    n_classes = int(ytr.max()) + 1
-    k = min(k, len(tr))
-    preds = []
-    for i in range(0, len(te), chunk):
-        sim = te[i : i + chunk] @ tr.t()
-        s, j = sim.topk(k, dim=1)
-        w = (s / temperature).exp()
-        votes = torch.zeros(len(s), n_classes).scatter_add_(1, ytr[j], w)
-        preds.append(votes.argmax(1))
-    return torch.cat(preds).numpy()
-
-
 def knn(train_x, train_y, test_x, test_y, ks: list[int], temperature: float) -> dict:
     return {f"k{k}_top1": float((knn_predict(train_x, train_y, test_x, k, temperature) == np.asarray(test_y)).mean()) for k in ks}
 
 
 def kmeans_clustering(x, y, n_clusters: int, n_init: int, seed: int) -> dict:
     """k-means (K = number of classes) on L2-normalised features; ACC / NMI / ARI."""
-    from sklearn.cluster import KMeans  # imported here: sklearn's import is slow and only k-means needs it
+    from sklearn.cluster import (
+        KMeans,  # imported here: sklearn's import is slow and only k-means needs it
+    )
 
     xn = np.asarray(F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1))
     pred = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(xn)

@@ -95,7 +95,7 @@ def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, n
 
 def semisup(params: dict, method: str, seed: int, fraction: float, threads: int | None = None) -> Path:
     from ..backbones import create_backbone  # imported here: timm is slow to import
-    from ..train import bf16_autocast, load_trained, use_device
+    from ..runtime import bf16_autocast, load_trained, use_device
 
     if threads:
         torch.set_num_threads(threads)

@@ -241,22 +241,25 @@ def wall_times(params: dict) -> pd.DataFrame:
     return pd.DataFrame({"jobs": df.size(), "total s": df.sum().round(1), "longest s": df.max().round(1)}).reset_index()
 
 
-def build_report(params: dict, reference: Path | None = None) -> Path:
-    from ..methods.base import get_method
-    from ..train import recipe
+def run_configs(params: dict) -> dict[str, dict]:
+    """Each pretrained method's config.json of the first seed: the recipe it trained with, the keys
+    its own recipe set and its provenance line, as pretraining recorded them."""
+    seed0, out = params["seeds"][0], {}
+    for m in paths.methods(params):
+        f = paths.run_files(params, m, seed0)[2]
+        out[m] = read_json(f)
+        missing = [k for k in ("recipe", "provenance") if k not in out[m]]
+        if missing:
+            raise UserError(f"{f}: has no {' or '.join(missing)} (written by an older clusterssl); "
+                            f"run `clusterssl pretrain --method {m} --seed {seed0}` again")
+    return out
 
-    reference = reference or DEFAULT_REFERENCE
-    out = paths.report_dir(params)
-    t, f = out / "tables", out / "figures"
-    runs = collect(params)
-    cols = columns(params)
-    summary = summarise(runs)
-    seed0 = params["seeds"][0]
-    runs_cfg = {m: read_json(paths.run_files(params, m, seed0)[2]) for m in paths.methods(params)}
-    backbone = runs_cfg[paths.methods(params)[0]]["backbone"]
-    epochs = runs_cfg[paths.methods(params)[0]]["pretrain"]["epochs"]
 
-    # tables: CSV (numbers), Markdown and LaTeX (as printed)
+def write_tables(params: dict, runs: pd.DataFrame, summary: pd.DataFrame, runs_cfg: dict, reference: Path, out: Path) -> dict:
+    """The tables: CSV (numbers), Markdown and LaTeX (as printed), and metrics.json; returns
+    what index.md shows of them."""
+    t, cols = out / "tables", columns(params)
+    first = runs_cfg[paths.methods(params)[0]]
     write_text(t / "runs.csv", runs.to_csv(index=False))
     write_text(t / "main.csv", summary.to_csv(index=False))
     cells = main_cells(summary, cols)
@@ -271,17 +274,21 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     one, two = interval_cells(iv, paired, cols)
     write_text(t / "intervals.tex", tables.to_latex(one, "95 % t intervals of the mean over seeds", "tab:intervals")
                + tables.to_latex(two, f"Paired differences over seeds: {REFERENCE_METHOD} minus each row", "tab:paired"))
-    ref = pd.read_csv(reference)
-    score = tables.scorecard(ref, summary, params["dataset"], backbone, epochs)
+    score = tables.scorecard(pd.read_csv(reference), summary, params["dataset"], first["backbone"], first["pretrain"]["epochs"])
     scorecard_md = tables.write_all(score, t / "scorecard", caption="Reproduction scorecard: published numbers beside the measured ones")
-    provenance = {m: get_method(m).provenance for m in paths.methods(params)}
-    methods_md = tables.write_all(tables.methods_table(runs_cfg, {m: recipe(params, m) for m in runs_cfg}, provenance), t / "methods",
+    recipes, provenance = ({m: c[key] for m, c in runs_cfg.items()} for key in ("recipe", "provenance"))
+    methods_md = tables.write_all(tables.methods_table(runs_cfg, recipes, provenance), t / "methods",
                                   caption="Each method's pretraining recipe and assumptions")
     efficiency = label_efficiency(runs, params)
     write_text(t / "label_efficiency.csv", efficiency.to_csv(index=False))
     write_json(out / "metrics.json", dvc_metrics(summary, cols))
+    counts = ", ".join(f"{n} {v}" for v, n in score["verdict"].value_counts().items())
+    return {"main_md": main_md, "intervals_md": intervals_md, "scorecard_md": scorecard_md, "methods_md": methods_md,
+            "counts": counts, "efficiency": efficiency}
 
-    # figures
+
+def write_figures(params: dict, efficiency: pd.DataFrame, out: Path) -> None:
+    f, seed0 = out / "figures", params["seeds"][0]
     histories = {m: [pd.read_csv(paths.run_files(params, m, s)[1]) for s in params["seeds"]] for m in paths.methods(params)}
     training_curves_figure(histories, f / "training_curves.png")
     online_knn_figure(histories, f / "online_knn.png")
@@ -296,7 +303,24 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     confusion = {m: read_json(paths.metrics_file(params, m, seed0, "cluster"))["metrics"]["kmeans"].get("confusion") for m in paths.evaluated_methods(params)}
     confusion_figure({m: c for m, c in confusion.items() if c is not None}, classes, f / "confusion.png")
 
-    counts = ", ".join(f"{n} {v}" for v, n in score["verdict"].value_counts().items())
+
+def build_report(params: dict, reference: Path | None = None) -> Path:
+    reference = reference or DEFAULT_REFERENCE
+    out = paths.report_dir(params)
+    runs = collect(params)
+    summary = summarise(runs)
+    runs_cfg = run_configs(params)
+    parts = write_tables(params, runs, summary, runs_cfg, reference, out)
+    write_figures(params, parts.pop("efficiency"), out)
+    first = runs_cfg[paths.methods(params)[0]]
+    write_text(out / "index.md", index_markdown(params, reference, out, first["backbone"], first["pretrain"]["epochs"], **parts))
+    return out
+
+
+def index_markdown(params: dict, reference: Path, out: Path, backbone: dict, epochs: int, main_md: str, intervals_md: str,
+                   scorecard_md: str, methods_md: str, counts: str) -> str:
+    """results/report/index.md: how each number was measured, the tables, the figures and the run record."""
+    seed0 = params["seeds"][0]
     figures_md = "\n".join(f"**{title}** — {text}\n\n![{title}](figures/{name})\n" for name, (title, text) in FIGURES.items())
     files_md = "\n".join(f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in paths.report_files(params) if p.parent != out)
     walltime = wall_times(params)
@@ -306,7 +330,7 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     cluster_split = {"test": "test", "train": "train", "train+test": "train and test"}[params["eval"]["cluster"]["split"]]
     semisup_text = ", ".join(f"{100 * f:g} % labels" for f in params["eval"]["semisup"]["fractions"])
     transfer_text = ", ".join(f"{params['dataset']} -> {t}" for t in params["eval"]["transfer"]["datasets"]) or "none"
-    index = f"""# clusterssl report — {params['dataset']}
+    return f"""# clusterssl report — {params['dataset']}
 
 Frozen-encoder evaluations on the {params['dataset']} test set ({protocols['linear']['num_test']} images);
 `raw_pixels` runs the same protocols on flattened pixels (no learning). Seeds: {params['seeds']}.
@@ -368,5 +392,3 @@ protocol and budget match, otherwise marked not comparable with the reasons:
 ```
 </details>
 """
-    write_text(out / "index.md", index)
-    return out

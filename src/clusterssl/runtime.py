@@ -1,0 +1,166 @@
+"""How a pretraining run runs and what it leaves, for the training loop and for everything that
+reads a trained encoder back (evaluate): the config a run reads, the device policy (deterministic
+CUDA kernels, bf16 autocast), seeds, SIGTERM handling, and its checkpoint files, loaded with
+`weights_only=True` and checked against the current params before use."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import paths
+from .backbones import create_backbone
+from .io import UserError, atomic_path
+from .methods.base import Method, get_method
+
+# --- the config a run reads ----------------------------------------------------------------------
+PRETRAIN_KEYS = ("dataset", "data", "backbone", "augment", "pretrain")
+RECIPE_SECTIONS = ("augment", "pretrain")  # a method's params may replace keys of these
+
+
+def pretrain_config(params: dict, method: str) -> dict:
+    """Exactly the params a pretraining run reads (DVC lists the same keys), with the method's
+    own recipe (its `augment` / `pretrain` keys in method_params) in place of the shared keys."""
+    own = dict(params["method_params"][method])
+    cfg = {k: params[k] for k in PRETRAIN_KEYS}
+    for section in RECIPE_SECTIONS:
+        cfg[section] = {**params[section], **own.pop(section, {})}
+    cfg["method"] = method
+    cfg["method_params"] = own
+    return cfg
+
+
+def recipe(params: dict, method: str) -> dict:
+    """The shared keys a method's recipe replaces, as {'section.key': value}."""
+    own = params["method_params"][method]
+    return {f"{section}.{k}": v for section in RECIPE_SECTIONS for k, v in own.get(section, {}).items()}
+
+
+def build_method(cfg: dict, in_chans: int, num_classes: int, num_train: int) -> Method:
+    backbone = create_backbone(cfg["backbone"], in_chans)
+    return get_method(cfg["method"])(backbone, cfg["method_params"], num_classes, num_train)
+
+
+# --- device policy and seeds ---------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("pretrain.device is 'cuda' but no CUDA device is visible; set it to 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def use_device(name: str) -> torch.device:
+    """The device `pretrain.device` names, with CUDA switched to deterministic kernels so that a
+    GPU run repeats, and resumes, bit for bit as a CPU run does: no cuDNN autotuning (each
+    process may pick other convolution algorithms), deterministic cuDNN, cuBLAS and scatter
+    kernels (CoKe's `index_add_`). On an H200 a step ran at 0.77-0.95x the speed of autotuned
+    kernels (docs/gpu.md). CPU kernels are deterministic already and are left as they are."""
+    device = pick_device(name)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: in a stage's own process, after this
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    return device
+
+
+def bf16_autocast(tcfg: dict, device: torch.device) -> bool:
+    """Whether `pretrain.amp` turns bf16 autocast on for `device`: "auto" on CUDA only (CPUs
+    without bf16 units run it slower than fp32); "bf16" anywhere, which is how the tests exercise
+    the GPU code path on CPU."""
+    return tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
+
+
+# --- preemption ----------------------------------------------------------------------------------
+class SigtermAtStepBoundary:
+    """While active, SIGTERM (how SLURM and most schedulers preempt) only raises a flag that the
+    training loop reads between two steps, so it can save a resume point and stop cleanly."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# --- checkpoint files ----------------------------------------------------------------------------
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files that a killed run's atomic writes left behind (nothing else writes here)."""
+    for tmp in folder.glob(".*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def save_state(state: dict, path: Path) -> None:
+    """torch.save, atomically: a kill mid-write leaves the previous file (or none), never half of one."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, device: torch.device, what: str) -> dict:
+    """A file this project wrote with torch.save, loaded without running any code it may hold
+    (weights_only: tensors, dicts, lists, numbers and strings only). UserError if it is not one."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # UnpicklingError, zip/EOF errors, RuntimeError: all mean "not ours"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a clusterssl {what} (torch.load, weights only: {reason})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a clusterssl {what} (it holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+CHECKPOINT_KEYS = ("config", "seed", "model", "in_chans", "num_classes", "num_train", "mean", "std")
+
+
+def load_trained(params: dict, method: str, seed: int, device: torch.device = torch.device("cpu")) -> tuple[Method, dict]:
+    """The encoder `clusterssl pretrain --method method --seed seed` made with these params.
+    Refuses a checkpoint made by another method, seed or pretraining config (e.g. copied over)."""
+    checkpoint = paths.run_files(params, method, seed)[0]
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: checkpoint not found; run `clusterssl pretrain --method {method} --seed {seed}` first")
+    fix = f"delete it and run `clusterssl pretrain --method {method} --seed {seed}`"
+    state = load_state(checkpoint, device, "checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise UserError(f"{checkpoint}: not a clusterssl checkpoint (missing {', '.join(missing) or 'config'}); {fix}")
+    saved, expected = state["config"], pretrain_config(params, method)
+    if saved.get("method") != method or state["seed"] != seed:
+        raise UserError(
+            f"{checkpoint}: holds a {saved.get('method')!r} run with seed {state['seed']} "
+            f"(backbone {saved.get('backbone', {}).get('name')!r}, dataset {saved.get('dataset')!r}), "
+            f"not {method!r} seed {seed}; {fix}"
+        )
+    differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
+    if differ:
+        raise UserError(f"{checkpoint}: made with other params ({', '.join(differ)} differ from the current ones); {fix}")
+    try:
+        model = build_method(saved, state["in_chans"], state["num_classes"], state["num_train"])
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{checkpoint}: its weights do not fit the {method} model ({str(exc)[:200]}); {fix}") from None
+    return model.to(device).eval(), state
