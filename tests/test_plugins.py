@@ -41,8 +41,12 @@ def install_example(site: Path) -> Path:
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    """The registry rereads entry points and plugins (it caches them per process)."""
+    """The registry rereads entry points and plugins (it caches them per process); the classes
+    a test registers are forgotten after it."""
+    from clusterssl.methods import base
+
     monkeypatch.setattr(registry, "_plugins", [])
+    monkeypatch.setattr(base, "REGISTRY", dict(base.REGISTRY))
     registry._specs.cache_clear()
     yield
     registry._specs.cache_clear()

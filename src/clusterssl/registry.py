@@ -41,13 +41,27 @@ class MethodSpec:
     params_schema: dict
 
 
-def _decorator_args(deco: ast.expr) -> tuple[str, int] | None:
-    """('name', order) of a `@register("name", order=N)` decorator, else None."""
-    if not (isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", None)) == "register"):
-        return None
-    name = ast.literal_eval(deco.args[0])
-    order = next((ast.literal_eval(k.value) for k in deco.keywords if k.arg == "order"), PLUGIN_ORDER)
-    return name, order
+def literal(node: ast.expr, what: str, where: str):
+    """The value of a literal in a module's source; UserError naming it otherwise."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise UserError(f"{where}: {what} must be a literal (it is read without importing the module)") from None
+
+
+def decorated(path: str | Path, decorator: str) -> list[tuple[ast.ClassDef | ast.FunctionDef, list, dict]]:
+    """(node, args, kwargs) of each top-level class or function of the Python file `path` decorated
+    with `@decorator(...)`, the decorator's arguments read as literals: how the registries learn
+    what a module declares without importing it."""
+    out = []
+    for node in ast.parse(Path(path).read_text(), str(path)).body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", None)) == decorator:
+                    what = f"the arguments of @{decorator} on {node.name}"
+                    out.append((node, [literal(a, what, str(path)) for a in deco.args],
+                                {k.arg: literal(k.value, what, str(path)) for k in deco.keywords}))
+    return out
 
 
 def _declared(cls: ast.ClassDef, where: str) -> dict:
@@ -55,10 +69,7 @@ def _declared(cls: ast.ClassDef, where: str) -> dict:
     for stmt in cls.body:
         target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else getattr(stmt, "target", None)
         if isinstance(target, ast.Name) and target.id in DECLARED and stmt.value is not None:
-            try:
-                facts[target.id] = ast.literal_eval(stmt.value)
-            except ValueError:
-                raise UserError(f"{where}: `{target.id}` of class {cls.name} must be a literal (it is read without importing the module)") from None
+            facts[target.id] = literal(stmt.value, f"`{target.id}` of class {cls.name}", where)
     missing = [k for k in DECLARED if k not in facts]
     if missing:
         raise UserError(f"{where}: class {cls.name} is registered but does not declare {', '.join(missing)} (see clusterssl/registry.py)")
@@ -79,15 +90,8 @@ def read_module(module: str) -> list[MethodSpec]:
         reason = "not found"
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         raise UserError(f"method module '{module}' cannot be read ({reason}): install its package, or put it on PYTHONPATH")
-    source = Path(spec.origin).read_text()
-    out = []
-    for node in ast.parse(source, spec.origin).body:
-        if isinstance(node, ast.ClassDef):
-            for deco in node.decorator_list:
-                registered = _decorator_args(deco)
-                if registered:
-                    out.append(MethodSpec(registered[0], module, registered[1], **_declared(node, spec.origin)))
-    return out
+    return [MethodSpec(args[0], module, kwargs.get("order", PLUGIN_ORDER), **_declared(node, spec.origin))
+            for node, args, kwargs in decorated(spec.origin, "register") if isinstance(node, ast.ClassDef)]
 
 
 def _modules(plugins: tuple[str, ...]) -> list[str]:
