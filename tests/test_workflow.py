@@ -127,7 +127,7 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
     """Each registered method through pretrain -> embed -> every evaluation -> report (the
     verbs in-process, on the tiny preset; Snakemake runs the same verbs in the test below)."""
     from clusterssl.cli import main
-    from clusterssl.paths import EVALS, RAW_PIXELS, SCRATCH, all_methods
+    from clusterssl.paths import RAW_PIXELS, SCRATCH, all_methods, evals
 
     ALL_METHODS = all_methods()
 
@@ -144,7 +144,7 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
         if method != RAW_PIXELS:
             assert run("pretrain", "--method", method, "--no-progress") == 0, method
         assert run("embed", "--method", method) == 0, method
-        for protocol in EVALS:
+        for protocol in evals():
             assert run("eval", protocol, "--method", method) == 0, (method, protocol)
         # every method's evaluation encoder (EMA teachers included) fine-tunes
         assert run("eval", "semisup", "--fraction", "0.1", "--method", method) == 0, method

@@ -194,7 +194,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .paths import PROTOCOLS
+    from .paths import protocols
 
     ap = Parser(prog="clusterssl", description=__doc__)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("eval", help="evaluate frozen features with one protocol")
-    s.add_argument("protocol", choices=PROTOCOLS)
+    s.add_argument("protocol", choices=protocols())
     run_args(s)
     s.add_argument("--target", default=None, type=dataset_name, help="transfer: the target dataset (one of eval.transfer.datasets)")
     s.add_argument("--fraction", type=float, default=None, help="semisup: the labelled fraction (one of eval.semisup.fractions)")

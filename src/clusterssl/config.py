@@ -49,6 +49,11 @@ def load_schema(plugins: list[str] | tuple[str, ...] = ()) -> dict:
                "properties": {**recipe, **spec.params_schema}}
         for name, spec in known.items()
     })
+    # a protocol that declares its settings (clusterssl/registry.py) has its own eval section
+    props["eval"]["properties"].update({
+        name: {"type": "object", "additionalProperties": False, "required": list(spec.defaults), "properties": spec.params_schema}
+        for name, spec in registry.protocols().items() if spec.defaults is not None
+    })
     return schema
 
 
@@ -65,8 +70,9 @@ def merge(base: dict, overlay: dict) -> dict:
 
 def complete(params: dict) -> dict:
     """Fill, in place, each registered method's block from the defaults its file declares (a block
-    may name only what it changes), and drop recipes set to null (a preset takes back a recipe of
-    params.yaml so); return `params`."""
+    may name only what it changes), likewise the eval section of a protocol that declares its
+    settings, and drop recipes set to null (a preset takes back a recipe of params.yaml so);
+    return `params`."""
     plugins = params.get("plugins", [])
     if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
         from . import data
@@ -80,6 +86,11 @@ def complete(params: dict) -> dict:
             if isinstance(block, dict):
                 block = merge(spec.defaults, block)
                 own[name] = {k: v for k, v in block.items() if not (k in RECIPE_KEYS and v is None)}
+    evaluation = params.get("eval")
+    if isinstance(evaluation, dict):
+        for name, spec in registry.protocols().items():
+            if spec.defaults is not None and isinstance(evaluation.get(name, {}), dict):
+                evaluation[name] = merge(spec.defaults, evaluation.get(name, {}))
     return params
 
 

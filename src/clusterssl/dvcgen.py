@@ -21,6 +21,11 @@ HEADER = """\
 """
 
 
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data):  # a list shared by two stages is written out in both, not as &id001
+        return True
+
+
 def _s(items) -> list[str]:
     return [str(p) for p in items]
 
@@ -82,7 +87,7 @@ def _evaluation_stages() -> dict:
     stages.update(_per_encoder("evaluate", {
         "cmd": f"clusterssl eval {protocol} --method {METHOD} --seed {SEED}",
         "deps": [features("${dataset}")], "params": ["dataset", "paths", f"eval.{protocol}"],
-        "outs": [str(paths.metrics_file(TEMPLATE, METHOD, SEED, protocol))]}, paths.RAW_PIXELS, {**seeds, "protocol": list(paths.EVALS)}))
+        "outs": [str(paths.metrics_file(TEMPLATE, METHOD, SEED, protocol))]}, paths.RAW_PIXELS, {**seeds, "protocol": paths.evals()}))
     transfer = {**seeds, "target": "${eval.transfer.datasets}"}
     stages.update(_per_encoder("embed_transfer", {
         "cmd": f"clusterssl embed --method {METHOD} --seed {SEED} --dataset {TARGET}",
@@ -123,4 +128,4 @@ def render() -> str:
              "evaluate", "evaluate_raw_pixels", "embed_transfer", "embed_transfer_raw_pixels", "transfer", "transfer_raw_pixels",
              "semisup", "semisup_baselines", "report"]
     stages = {name: stages[name] for name in order}
-    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=200)
+    return HEADER + yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=200)

@@ -5,8 +5,18 @@ from pathlib import Path
 
 RAW_PIXELS = "raw_pixels"  # the no-learning baseline row: flattened pixels through every evaluation
 SCRATCH = "scratch"  # the semi-supervised baseline row: the same backbone, randomly initialised
-EVALS = ("linear", "knn", "cluster")  # frozen-feature protocols on the pretraining dataset
-PROTOCOLS = (*EVALS, "transfer", "semisup")  # every `clusterssl eval` protocol
+
+
+def evals() -> list[str]:
+    """The frozen-feature protocols on the pretraining dataset (each a `@protocol` in evaluate/)."""
+    from . import registry
+
+    return list(registry.protocols())
+
+
+def protocols() -> list[str]:
+    """Every `clusterssl eval` protocol."""
+    return [*evals(), "transfer", "semisup"]
 
 
 def data_dir(params: dict) -> Path:
@@ -77,7 +87,7 @@ def evaluations(params: dict, method: str) -> list[str]:
     semisup = [semisup_name(f) for f in params["eval"]["semisup"]["fractions"]]
     if method == SCRATCH:
         return semisup
-    return [*EVALS, *semisup, *(transfer_name(t) for t in params["eval"]["transfer"]["datasets"])]
+    return [*evals(), *semisup, *(transfer_name(t) for t in params["eval"]["transfer"]["datasets"])]
 
 
 def merged_params_dir(params: dict) -> Path:
@@ -93,7 +103,41 @@ def report_dir(params: dict) -> Path:
 
 
 REPORT_TABLES = ("main", "intervals", "scorecard", "methods")  # each as .csv, .md and .tex (intervals: .csv with paired.csv)
-REPORT_FIGURES = ("training_curves", "online_knn", "prototype_usage", "label_efficiency", "embeddings", "confusion")
+FIGURES_SOURCE = Path(__file__).parent / "report" / "figures.py"  # where each report figure declares itself
+FIGURE_FACTS = ("title", "reading", "caption")  # the keyword arguments of its `@figure("name", ...)`
+
+
+def read_figures(source: Path = FIGURES_SOURCE) -> dict[str, dict[str, str]]:
+    """{name: {"title", "reading", "caption"}} of each `@figure("name", title=..., reading=...,
+    caption=...)` in `source`, in the file's order (the report's). Read from the source
+    (registry.decorated), not imported: the workflow asks at every start, and figures.py imports
+    matplotlib."""
+    from . import registry
+    from .io import UserError
+
+    out: dict[str, dict[str, str]] = {}
+    for node, args, kwargs in registry.decorated(source, "figure"):
+        where = f"{source}: @figure on {node.name} (line {node.lineno})"
+        if len(args) != 1 or not isinstance(args[0], str) or not args[0] or not all(c.isdigit() or c.islower() or c == "_" for c in args[0]):
+            raise UserError(f"{where}: its one positional argument is the figure's name, lowercase letters, digits and _ "
+                            "(the report writes figures/<name>.png)")
+        if set(kwargs) != set(FIGURE_FACTS) or not all(isinstance(v, str) and v.strip() for v in kwargs.values()):
+            raise UserError(f"{where}: declare {', '.join(f'{k}=' for k in FIGURE_FACTS)} each a non-empty string and nothing else "
+                            f"(it has: {', '.join(kwargs) or 'none'})")
+        if args[0] in out:
+            raise UserError(f"{where}: figure '{args[0]}' is declared twice; rename one")
+        out[args[0]] = {k: kwargs[k] for k in FIGURE_FACTS}
+    return out
+
+
+_report_figures: dict[str, dict[str, str]] = {}
+
+
+def report_figures() -> dict[str, dict[str, str]]:
+    """The report's figures as report/figures.py declares them (read_figures; read once per process)."""
+    if not _report_figures:
+        _report_figures.update(read_figures())
+    return _report_figures
 
 
 def report_files(params: dict) -> list[Path]:
@@ -104,7 +148,7 @@ def report_files(params: dict) -> list[Path]:
         t / "paired.csv",
         t / "runs.csv",
         t / "label_efficiency.csv",
-        *(d / "figures" / f"{name}.png" for name in REPORT_FIGURES),
+        *(d / "figures" / f"{name}.png" for name in report_figures()),
         d / "metrics.json",
         d / "index.md",
     ]

@@ -129,3 +129,59 @@ def method(name: str) -> MethodSpec:
     if name not in known:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(known)}")
     return known[name]
+
+
+# --- protocols on frozen features ------------------------------------------------------------------
+# A protocol is a function of a module in clusterssl/evaluate/ decorated with `@protocol(...)`:
+#
+#     @protocol("mine", order=40, columns=[["mine_top1", ["top1"], True, "mine top-1 %"]],
+#               defaults={"k": 5}, params_schema={"k": {"type": "integer", "minimum": 1}})
+#     def mine(features: dict, cfg: dict, seed: int) -> dict: ...   # cfg: params["eval"]
+#
+# It reads `eval.<name>` (its `defaults` fill that section where the params do not set it), writes
+# results/metrics/.../<name>.json, and adds its `columns` to the report: [column, path inside the
+# metrics, scaled to percent? (null: a count), header].
+EVALUATE_DIR = Path(__file__).parent / "evaluate"
+PROTOCOL_FUNCTIONS: dict = {}  # name -> function, filled as the evaluate modules are imported
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    name: str
+    module: str
+    order: int
+    columns: list
+    defaults: dict | None
+    params_schema: dict | None
+
+
+def protocol(name: str, order: int = PLUGIN_ORDER, columns: list = (), defaults: dict | None = None, params_schema: dict | None = None):
+    """Register a frozen-feature protocol (see above); the arguments are read from the source."""
+
+    def deco(fn):
+        PROTOCOL_FUNCTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+@functools.lru_cache(maxsize=None)
+def protocols() -> dict[str, ProtocolSpec]:
+    """Every frozen-feature protocol by name, in report order."""
+    found = {}
+    for path in sorted(EVALUATE_DIR.glob("*.py")):
+        for node, args, kwargs in decorated(path, "protocol"):
+            spec = ProtocolSpec(args[0], f"clusterssl.evaluate.{path.stem}", kwargs.get("order", PLUGIN_ORDER), kwargs.get("columns", []),
+                                kwargs.get("defaults"), kwargs.get("params_schema"))
+            if spec.name in found:
+                raise UserError(f"protocol '{spec.name}' is registered twice: in {found[spec.name].module} and in {spec.module}")
+            found[spec.name] = spec
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
+
+
+def protocol_function(name: str):
+    """The function of the protocol `name`, importing the module that declares it."""
+    if name not in protocols():
+        raise UserError(f"unknown protocol '{name}'; choose one of: {', '.join(protocols())}")
+    importlib.import_module(protocols()[name].module)
+    return PROTOCOL_FUNCTIONS[name]

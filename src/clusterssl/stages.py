@@ -2,15 +2,16 @@
 the Snakemake rules' `params:` (their re-run trigger) are checked against in the tests."""
 from __future__ import annotations
 
+from . import registry
+
 STAGE_PARAMS: dict[str, list[str]] = {
     "fetch": ["paths.data"],
     "prepare": ["paths.data"],
     "split": ["paths.data"],
     "pretrain": ["dataset", "paths", "data", "backbone", "augment", "pretrain", "method_params.{method}"],
     "embed": ["dataset", "paths", "eval.max_train", "eval.batch_size", "pretrain.device"],
-    "linear": ["dataset", "paths", "eval.linear"],
-    "knn": ["dataset", "paths", "eval.knn"],
-    "cluster": ["dataset", "paths", "eval.cluster"],
+    # each protocol on frozen features (linear, knn, cluster, ...: registry.protocols) reads its eval section
+    **{name: ["dataset", "paths", f"eval.{name}"] for name in registry.protocols()},
     "transfer": ["dataset", "paths", "eval.linear", "eval.knn"],
     "semisup": ["dataset", "paths", "backbone", "pretrain.device", "pretrain.amp", "eval.batch_size", "eval.linear", "eval.semisup"],
     "report": ["dataset", "methods", "seeds", "paths", "eval.semisup.fractions", "eval.transfer.datasets", "report"],

@@ -18,7 +18,7 @@ import pandas as pd
 
 from clusterssl import paths
 from clusterssl.io import write_text
-from clusterssl.report import COLUMNS, collect, main_cells, summarise, tables
+from clusterssl.report import collect, frozen_columns, main_cells, summarise, tables
 from clusterssl.report.stats import t_interval
 
 BASELINES = {"simclr", "swav", "byol", "moco_v2"}  # issue 12: linear >= 87.0
@@ -47,7 +47,7 @@ def runs(root: Path, seed: int) -> pd.DataFrame:
     params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": paths.all_methods(),
               "seeds": [seed], "eval": FROZEN}
     done = [m for m in paths.evaluated_methods(params)
-            if all(paths.metrics_file(params, m, seed, e).exists() for e in paths.EVALS)]
+            if all(paths.metrics_file(params, m, seed, e).exists() for e in paths.evals())]
     return collect(params, done)
 
 
@@ -75,7 +75,7 @@ def main(twenty: Path, ten_csv: Path, csv_path: Path, seeds=(0, 1, 2)) -> str:
 def results_table(csv_path: Path, seed: int = 0) -> str:
     """One seed's saved runs as the report's main table prints them, in the README's columns."""
     saved = pd.read_csv(csv_path)
-    cells = main_cells(summarise(saved[saved["seed"] == seed]), COLUMNS)
+    cells = main_cells(summarise(saved[saved["seed"] == seed]), frozen_columns())
     return tables.to_markdown(cells[README_COLUMNS])
 
 

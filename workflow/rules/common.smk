@@ -11,7 +11,7 @@ DATASET = config["dataset"]
 wildcard_constraints:
     method="|".join(paths.report_rows(config)),
     seed=r"\d+",
-    protocol="|".join(paths.EVALS),
+    protocol="|".join(paths.evals()),
     dataset="[a-z0-9_]+",
     fraction=r"[0-9.e-]+",
 
@@ -24,12 +24,25 @@ def benchmark_file(name):
     return f"{RESULTS}/benchmarks/{name}.tsv"
 
 
+def figure_caption(name):
+    """The figure's caption as its `@figure` declares it (clusterssl/report/figures.py), as the .rst
+    file `snakemake --report` reads: under the working directory's .snakemake/, written only when
+    its text changed."""
+    from clusterssl.io import write_text
+
+    path = Path(".snakemake/clusterssl/captions").absolute() / f"{name}.rst"
+    text = paths.report_figures()[name]["caption"] + "\n"
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+    return path
+
+
 def report_outputs():
     """The report's files; its CSV tables and figures go into `snakemake --report` with their
-    caption (workflow/report/<name>.rst)."""
+    caption (a table's: workflow/report/<name>.rst; a figure's: its declaration, figure_caption)."""
     out = []
     for p in paths.report_files(config):
-        caption = Path(workflow.basedir) / "workflow" / "report" / f"{p.stem}.rst"
+        caption = figure_caption(p.stem) if p.suffix == ".png" else Path(workflow.basedir) / "workflow" / "report" / f"{p.stem}.rst"
         if p.suffix in (".csv", ".png"):
             category = "Figures" if p.suffix == ".png" else "Tables"
             out.append(report(str(p), caption=str(caption), category=category))

@@ -1,6 +1,7 @@
 """`clusterssl eval <protocol>`: run one protocol for one encoder and seed, write its metrics JSON.
 
-- linear / knn / cluster: frozen features of the pretraining dataset (cached by `embed`);
+- linear / knn / cluster, and any other `@protocol` of a module in this folder (clusterssl/registry.py
+  says what it declares): frozen features of the pretraining dataset (cached by `embed`);
 - transfer: the linear probe and k-NN on another dataset's frozen features (`--target`);
 - semisup: fine-tuning on a labelled subset (`--fraction`; evaluate/semisup.py)."""
 from __future__ import annotations
@@ -11,22 +12,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import paths
+from .. import paths, registry
 from ..io import UserError, write_json
+from ..registry import protocol
 from .features import load_features
 from .metrics import clustering_scores
 from .protocols import kmeans_clustering, knn, select_and_probe
 
 
+@protocol("linear", order=10, columns=[["linear_top1", ["top1"], True, "linear top-1 %"]])
 def _probe(f: dict, cfg: dict, seed: int) -> dict:
     c = cfg["linear"]
     return select_and_probe(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], c["epochs"], c["lr"], c["weight_decay"], c["batch_size"], seed, c["val_fraction"])
 
 
+@protocol("knn", order=20, columns=[["knn200_top1", ["k200_top1"], True, "k-NN k=200 %"], ["knn20_top1", ["k20_top1"], True, "k-NN k=20 %"]])
 def _knn(f: dict, cfg: dict, seed: int) -> dict:
     return knn(f["train_features"], f["train_labels"], f["test_features"], f["test_labels"], cfg["knn"]["k"], cfg["knn"]["temperature"])
 
 
+@protocol("cluster", order=30, columns=[
+    ["kmeans_acc", ["kmeans", "acc"], False, "k-means ACC"],
+    ["kmeans_nmi", ["kmeans", "nmi"], False, "k-means NMI"],
+    ["kmeans_ari", ["kmeans", "ari"], False, "k-means ARI"],
+    # the method's own cluster head (CC, CADC, CoKe's first head, CARL's prototypes), where it has one
+    ["head_acc", ["head", "acc"], False, "head ACC"],
+    ["head_nmi", ["head", "nmi"], False, "head NMI"],
+    ["head_ari", ["head", "ari"], False, "head ARI"],
+    ["head_clusters", ["head", "clusters_used"], None, "head clusters used"],
+])
 def _cluster(f: dict, cfg: dict, seed: int) -> dict:
     """k-means (and a clustering head's own assignments) scored on `eval.cluster.split`: the
     test split, or train+test as Contrastive Clustering reports CIFAR/STL, or train as CoKe does."""
@@ -45,10 +59,6 @@ def _cluster(f: dict, cfg: dict, seed: int) -> dict:
 def _transfer(f: dict, cfg: dict, seed: int) -> dict:
     """The frozen encoder on another dataset, with the same probe and k-NN."""
     return {"linear": _probe(f, cfg, seed), "knn": _knn(f, cfg, seed)}
-
-
-#: the protocols on frozen features: name -> function(features, params["eval"], seed)
-FROZEN = {"linear": _probe, "knn": _knn, "cluster": _cluster, "transfer": _transfer}
 
 
 def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int | None = None, target: str | None = None, fraction: float | None = None) -> Path:
@@ -71,7 +81,7 @@ def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int |
         dataset, name, settings = params["dataset"], protocol, cfg[protocol]
     f = load_features(paths.features_file(params, method, seed, dataset))
     t0 = time.time()
-    result = FROZEN[protocol](f, cfg, seed)
+    result = (_transfer if protocol == "transfer" else registry.protocol_function(protocol))(f, cfg, seed)
     out = paths.metrics_file(params, method, seed, name)
     write_json(out, {
         "dataset": dataset, "pretrained_on": params["dataset"], "method": method, "seed": seed, "protocol": protocol,

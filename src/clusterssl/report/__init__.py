@@ -5,35 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from .. import paths
-from ..data import load_meta
+from .. import paths, registry
 from ..io import UserError, read_json, write_json, write_text
 from . import tables
-from .figures import (confusion_figure, embedding_figure, label_efficiency_figure, online_knn_figure, prototype_usage_figure,
-                      training_curves_figure)
+from .figures import FIGURES, ReportInputs
 from .stats import paired_difference, t_interval
 
 #: the method the paired differences are taken against (the paper's)
 REFERENCE_METHOD = "carl"
 
-# (column, metrics file, path inside "metrics", scale to percent?, header)
-COLUMNS = [
-    ("linear_top1", "linear", ("top1",), True, "linear top-1 %"),
-    ("knn200_top1", "knn", ("k200_top1",), True, "k-NN k=200 %"),
-    ("knn20_top1", "knn", ("k20_top1",), True, "k-NN k=20 %"),
-    ("kmeans_acc", "cluster", ("kmeans", "acc"), False, "k-means ACC"),
-    ("kmeans_nmi", "cluster", ("kmeans", "nmi"), False, "k-means NMI"),
-    ("kmeans_ari", "cluster", ("kmeans", "ari"), False, "k-means ARI"),
-    # the method's own cluster head (CC, CADC, CoKe's first head, CARL's prototypes), where it has one
-    ("head_acc", "cluster", ("head", "acc"), False, "head ACC"),
-    ("head_nmi", "cluster", ("head", "nmi"), False, "head NMI"),
-    ("head_ari", "cluster", ("head", "ari"), False, "head ARI"),
-    ("head_clusters", "cluster", ("head", "clusters_used"), None, "head clusters used"),
-]
+def frozen_columns() -> list[tuple]:
+    """(column, metrics file, path inside "metrics", scale to percent?, header) of each frozen-feature
+    protocol, as its `@protocol` declares them (clusterssl/registry.py)."""
+    return [(column, name, tuple(keys), pct, header)
+            for name, spec in registry.protocols().items() for column, keys, pct, header in spec.columns]
 
 
 def semisup_column(fraction: float) -> str:
@@ -42,8 +30,8 @@ def semisup_column(fraction: float) -> str:
 
 
 def columns(params: dict) -> list[tuple]:
-    """COLUMNS, then one per semi-supervised fraction and two per transfer dataset (probe, k-NN)."""
-    out = list(COLUMNS)
+    """The protocols' columns, then one per semi-supervised fraction and two per transfer dataset (probe, k-NN)."""
+    out = frozen_columns()
     for f in params["eval"]["semisup"]["fractions"]:
         out.append((semisup_column(f), paths.semisup_name(f), ("top1",), True, f"semi-sup {100 * f:g} % labels top-1 %"))
     k = min(params["eval"]["knn"]["k"])
@@ -187,17 +175,6 @@ def dvc_metrics(summary: pd.DataFrame, cols: list[tuple]) -> dict:
     return out
 
 
-#: each figure's file and its one-line reading in index.md (the HTML report's captions are in workflow/report/)
-FIGURES = {
-    "training_curves.png": ("Training curves", "the loss and each of its terms per epoch, one panel per method."),
-    "online_knn.png": ("Online k-NN", "k-NN (k = 20) top-1 of each encoder on a fixed train subset after every epoch: how fast each method learns."),
-    "prototype_usage.png": ("Prototype use", "for CARL, SwAV and CoKe, the share of prototypes that receive a training sample and the evenness of their use, per epoch; a collapse shows as a drop."),
-    "label_efficiency.png": ("Label efficiency", "test top-1 against the share of labels: fine-tuned at each semi-supervised fraction, the frozen linear probe at 100 %."),
-    "embeddings.png": ("Embeddings", "2-D embedding of test features per encoder, coloured by class."),
-    "confusion.png": ("k-means confusion", "k-means clusters (K = classes) matched to classes by the Hungarian method; rows are true classes."),
-}
-
-
 def machine() -> str:
     import platform
 
@@ -288,20 +265,10 @@ def write_tables(params: dict, runs: pd.DataFrame, summary: pd.DataFrame, runs_c
 
 
 def write_figures(params: dict, efficiency: pd.DataFrame, out: Path) -> None:
-    f, seed0 = out / "figures", params["seeds"][0]
-    histories = {m: [pd.read_csv(paths.run_files(params, m, s)[1]) for s in params["seeds"]] for m in paths.methods(params)}
-    training_curves_figure(histories, f / "training_curves.png")
-    online_knn_figure(histories, f / "online_knn.png")
-    prototype_usage_figure(histories, f / "prototype_usage.png")
-    label_efficiency_figure(efficiency, f / "label_efficiency.png")
-    classes = load_meta(paths.prepared_dir(params, params["dataset"]))["classes"]
-    feats = {}
-    for m in paths.evaluated_methods(params):
-        with np.load(paths.features_file(params, m, seed0)) as z:
-            feats[m] = (z["test_features"], z["test_labels"])
-    embedding_figure(feats, f / "embeddings.png", params["report"]["embedding"], params["report"]["embedding_samples"], seed=seed0, classes=classes)
-    confusion = {m: read_json(paths.metrics_file(params, m, seed0, "cluster"))["metrics"]["kmeans"].get("confusion") for m in paths.evaluated_methods(params)}
-    confusion_figure({m: c for m, c in confusion.items() if c is not None}, classes, f / "confusion.png")
+    """Every figure declared in figures.py (`@figure`), in its order, as figures/<name>.png."""
+    inputs = ReportInputs(params, efficiency)
+    for fig in FIGURES.values():
+        fig.draw(inputs, out / "figures" / fig.file)
 
 
 def build_report(params: dict, reference: Path | None = None) -> Path:
@@ -321,12 +288,12 @@ def index_markdown(params: dict, reference: Path, out: Path, backbone: dict, epo
                    scorecard_md: str, methods_md: str, counts: str) -> str:
     """results/report/index.md: how each number was measured, the tables, the figures and the run record."""
     seed0 = params["seeds"][0]
-    figures_md = "\n".join(f"**{title}** — {text}\n\n![{title}](figures/{name})\n" for name, (title, text) in FIGURES.items())
+    figures_md = "\n".join(f"**{f.title}** — {f.reading}\n\n![{f.title}](figures/{f.file})\n" for f in FIGURES.values())
     files_md = "\n".join(f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in paths.report_files(params) if p.parent != out)
     walltime = wall_times(params)
     walltime_md = tables.to_markdown(walltime) if len(walltime) else "_no benchmark files: this run was not made by Snakemake._\n"
     machine_text, versions_text = machine(), versions()
-    protocols = {e: read_json(paths.metrics_file(params, paths.RAW_PIXELS, seed0, e)) for e in paths.EVALS}
+    protocols = {e: read_json(paths.metrics_file(params, paths.RAW_PIXELS, seed0, e)) for e in paths.evals()}
     cluster_split = {"test": "test", "train": "train", "train+test": "train and test"}[params["eval"]["cluster"]["split"]]
     semisup_text = ", ".join(f"{100 * f:g} % labels" for f in params["eval"]["semisup"]["fractions"])
     transfer_text = ", ".join(f"{params['dataset']} -> {t}" for t in params["eval"]["transfer"]["datasets"]) or "none"
