@@ -64,7 +64,7 @@ def installed(tmp_path, monkeypatch, fresh_registry):
 
 def test_an_installed_packages_method_is_registered_after_the_built_in_ones(installed):
     names = list(registry.methods())
-    assert names[-1] == "barlow_twins" and names[:-1] == ["carl", "coke", "cueco", "cc", "cadc", "simclr", "swav", "byol", "moco_v2"]
+    assert names[-1] == "barlow_twins" and names[:-1] == [n for n in names if registry.method(n).module.startswith("clusterssl.methods.")]
     assert paths.methods({"methods": "all"}) == names
 
 

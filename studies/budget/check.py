@@ -20,6 +20,7 @@ from clusterssl import paths
 from clusterssl.io import write_text
 from clusterssl.report import collect, frozen_columns, main_cells, summarise, tables
 from clusterssl.report.stats import t_interval
+from studies import METHODS
 
 BASELINES = {"simclr", "swav", "byol", "moco_v2"}  # issue 12: linear >= 87.0
 BASELINE_LINEAR = 87.0
@@ -28,7 +29,7 @@ SCORES = {"linear": "linear_top1", "knn20": "knn20_top1", "knn200": "knn200_top1
 # the frozen-feature protocols only: semi-supervised and transfer were not run for all nine
 FROZEN = {"semisup": {"fractions": []}, "transfer": {"datasets": []}, "knn": {"k": [20, 200]}}
 # the README's columns: the report's main table less head ARI
-README_COLUMNS = ["method", *(header for column, *_, header in COLUMNS if column != "head_ari"), "pretrain min"]
+README_COLUMNS = ["method", *(header for column, *_, header in frozen_columns() if column != "head_ari"), "pretrain min"]
 # the 10-epoch side, committed: the README's fmnist-all table at 10 epochs, seed 0 (those runs are not in git)
 TEN_EPOCHS = Path(__file__).resolve().parent / "fmnist_all_10ep_seed0.csv"
 
@@ -44,7 +45,7 @@ def bars_missed(row: dict, pixels: dict, method: str) -> str:
 def runs(root: Path, seed: int) -> pd.DataFrame:
     """Every score of each run under `root` with all three frozen-feature metrics files (raw
     pixels included when evaluated there), one row per method, in the report's order."""
-    params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": paths.all_methods(),
+    params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": list(METHODS),
               "seeds": [seed], "eval": FROZEN}
     done = [m for m in paths.evaluated_methods(params)
             if all(paths.metrics_file(params, m, seed, e).exists() for e in paths.evals())]
@@ -60,7 +61,7 @@ def main(twenty: Path, ten_csv: Path, csv_path: Path, seeds=(0, 1, 2)) -> str:
     after = every[every["seed"] == seeds[0]].set_index("method")
     lines = ["| method | linear, 10 -> 20 epochs | k-NN20 | k-NN200 | pretraining min (20) | bars missed at 10 | at 20 |",
              "|---|---|---|---|---|---|---|"]
-    for method in paths.all_methods():
+    for method in METHODS:
         before = ten.loc[method, list(SCORES)].to_dict()
         if method not in after.index:
             lines.append(f"| {method} | {before['linear']:.2f} -> not run yet | | | | {bars_missed(before, pixels, method)} | |")

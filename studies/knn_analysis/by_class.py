@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from clusterssl import paths
+from clusterssl.config import load_params
 from clusterssl.data.fashion_mnist import CLASSES
 from clusterssl.evaluate.protocols import knn_predict
-from clusterssl.config import load_params
 from clusterssl.io import read_json, write_text
 from clusterssl.report import tables
+from studies import METHODS
 
 KS = (1, 5, 20, 200)
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def scores(features: dict, temperature: float) -> dict:
 
 
 def main(root: Path, csv_path: Path, seed: int = 0) -> pd.DataFrame:
-    params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": paths.all_methods()}
+    params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": list(METHODS)}
     temperature = load_params(ROOT / "params.yaml", PRESET)["eval"]["knn"]["temperature"]
     rows = []
     for method in paths.evaluated_methods(params):

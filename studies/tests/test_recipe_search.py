@@ -6,9 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from clusterssl import paths, tune
+from clusterssl import tune
 from clusterssl.config import load_params
 from clusterssl.train import pretrain_config
+from studies import METHODS
 from studies.recipe_search import full_size_check
 from studies.tests.helpers import ROOT, load_preset, write_scores
 
@@ -20,7 +21,7 @@ PARAMS = ROOT / "params.yaml"
 def test_each_search_round_gives_every_method_the_same_candidates_on_the_same_proxy(round_):
     search = tune.load_search(SEARCH / f"{round_}.yaml")
     params = load_params(PARAMS)
-    assert set(search["methods"]) == set(paths.all_methods())
+    assert set(search["methods"]) == set(METHODS)
     assert search["proxy"] == tune.load_search(SEARCH / "round1.yaml")["proxy"]
     for method, candidates in search["methods"].items():
         assert len(candidates) == search["candidates"] and candidates[0] == {}  # the preset first, then the steps
@@ -41,7 +42,7 @@ def test_round_3_checks_each_of_round_2s_changes_and_the_presets_hold_what_it_ch
     round2 = tune.load_search(SEARCH / "round2.yaml")
     assert {k: v for k, v in search["proxy"].items() if k != "train_seeds"} == {k: v for k, v in round2["proxy"].items() if k != "train_seeds"}
     assert search["proxy"]["train_seeds"] == [0, 1, 2] and round2["proxy"]["train_seeds"] == [0]  # one seed unless a round says otherwise
-    assert set(search["methods"]) == set(paths.all_methods()) - {"simclr", "byol"}  # round 2 kept their recipes
+    assert set(search["methods"]) == set(METHODS) - {"simclr", "byol"}  # round 2 kept their recipes
     for method, (before, now) in search["methods"].items():
         assert now == {} and len(before) == 1  # round 2's adoption, and the one key it changed, as it was
         (key, value), = before.items()
@@ -62,7 +63,7 @@ CPU_PRESETS = ("params.yaml", "config/presets/fmnist-all.yaml")
 def test_rounds_4_and_5_take_one_step_for_every_method_and_the_presets_hold_what_they_chose(round_, key, value, presets):
     search = tune.load_search(SEARCH / f"{round_}.yaml")
     assert search["proxy"] == tune.load_search(SEARCH / "round3.yaml")["proxy"]  # the same proxy, three seeds
-    assert set(search["methods"]) == set(paths.all_methods())
+    assert set(search["methods"]) == set(METHODS)
     assert all(c == [{}, {f"pretrain.{key}": value}] for c in search["methods"].values())  # the same step for all
     for method in search["methods"]:
         adopted = bool(_decision(round_, method).loc[1, "chosen"])
