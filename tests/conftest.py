@@ -142,8 +142,10 @@ def tiny_backbone():
 
 @pytest.fixture
 def method_params() -> dict:
-    """params.yaml's method_params, with projector/prototype sizes shrunk for speed."""
-    mp = yaml.safe_load(PARAMS_YAML.read_text())["method_params"]
+    """params.yaml's method_params (every registered method's), with projector/prototype sizes shrunk for speed."""
+    from clusterssl.config import load_params
+
+    mp = load_params(PARAMS_YAML)["method_params"]
     for cfg in mp.values():
         cfg["projector_hidden"], cfg["projector_out"] = 16, 8
     mp["carl"]["num_prototypes"] = 10

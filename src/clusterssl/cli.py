@@ -140,6 +140,10 @@ def cmd_exp_args(args):
     overlay: dict = {}
     for preset in (*args.preset, *args.presets):
         overlay = merge(overlay, read_yaml_mapping(preset, "params"))
+    if overlay.get("methods") == "all":  # DVC's matrix needs the list
+        from .paths import all_methods
+
+        overlay["methods"] = all_methods()
     for override in dvc_overrides(overlay):
         print("-S", shlex.quote(override))
 
