@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from clusterssl import paths
 from clusterssl.paths import report_files
 from clusterssl.stages import STAGE_PARAMS
 from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, preset_params, run_params_file, snakemake
@@ -218,10 +219,11 @@ def test_snakemake_html_report_holds_every_table_and_figure_with_its_caption(tin
     items = [f for f in report_files(params) if f.suffix in (".csv", ".png")]
     assert sum(f.suffix == ".png" for f in items) == 6 and sum(f.suffix == ".csv" for f in items) == 7
     for f in items:
-        # each file is embedded as an entry keyed by its path, with its caption rendered from the .rst
+        # each file is embedded as an entry keyed by its path, with its caption (a table's .rst, a figure's declaration)
         entry = text.find(f'"{f}": {{"name": "{f.name}"')
         assert entry >= 0, f"{f.name} is not in the HTML report"
-        first_line = (ROOT / "workflow/report" / f"{f.stem}.rst").read_text().splitlines()[0]
+        first_line = (paths.report_figures()[f.stem]["caption"] if f.suffix == ".png"  # declared with the figure
+                      else (ROOT / "workflow/report" / f"{f.stem}.rst").read_text().splitlines()[0])
         words = first_line.encode("ascii", "ignore").decode()[:60]  # JSON may escape what is not ASCII
         assert f'"caption": "<p>{words}' in text[entry : entry + 4000], f"{f.name}: caption not found"
 

@@ -136,7 +136,7 @@ _report_figures: dict[str, dict[str, str]] = {}
 def report_figures() -> dict[str, dict[str, str]]:
     """The report's figures as report/figures.py declares them (read_figures; read once per process)."""
     if not _report_figures:
-        _report_figures.update(read_figures())
+        _report_figures.update(read_figures(FIGURES_SOURCE))
     return _report_figures
 
 

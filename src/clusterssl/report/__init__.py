@@ -271,6 +271,11 @@ def write_figures(params: dict, efficiency: pd.DataFrame, out: Path) -> None:
         fig.draw(inputs, out / "figures" / fig.file)
 
 
+def figures_markdown() -> str:
+    """index.md's figures: each declared figure's title, its reading and the image."""
+    return "\n".join(f"**{f.title}** — {f.reading}\n\n![{f.title}](figures/{f.file})\n" for f in FIGURES.values())
+
+
 def build_report(params: dict, reference: Path | None = None) -> Path:
     reference = reference or DEFAULT_REFERENCE
     out = paths.report_dir(params)
@@ -288,7 +293,7 @@ def index_markdown(params: dict, reference: Path, out: Path, backbone: dict, epo
                    scorecard_md: str, methods_md: str, counts: str) -> str:
     """results/report/index.md: how each number was measured, the tables, the figures and the run record."""
     seed0 = params["seeds"][0]
-    figures_md = "\n".join(f"**{f.title}** — {f.reading}\n\n![{f.title}](figures/{f.file})\n" for f in FIGURES.values())
+    figures_md = figures_markdown()
     files_md = "\n".join(f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in paths.report_files(params) if p.parent != out)
     walltime = wall_times(params)
     walltime_md = tables.to_markdown(walltime) if len(walltime) else "_no benchmark files: this run was not made by Snakemake._\n"
