@@ -157,3 +157,17 @@ def test_a_method_from_outside_the_repository_runs_through_the_whole_tiny_dag(tm
     history = pd.read_csv(work / "results/runs/digits/barlow_twins/seed0/history.csv")
     assert "barlow_twins" in history.columns and len(history) == yaml.safe_load(params.read_text())["pretrain"]["epochs"]
     assert subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout == before
+
+
+def test_a_plugin_methods_recipe_is_searched_like_the_built_in_ones(installed, tmp_path):
+    """`clusterssl tune --method barlow_twins`: its candidates are read and set like any method's."""
+    from clusterssl import tune
+
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"proxy": {"holdout": 30, "pretrain_images": 60, "epochs": 1, "probe_images": 60, "seed": 0},
+                                      "candidates": 2, "methods": {"barlow_twins": [{}, {"off_diagonal_weight": 0.01}]}}))
+    loaded = tune.load_search(search)
+    params = validate(yaml.safe_load(PARAMS_YAML.read_text()))
+    assert tune.with_overrides(params, "barlow_twins", loaded["methods"]["barlow_twins"][1], "t")["method_params"]["barlow_twins"]["off_diagonal_weight"] == 0.01
+    with pytest.raises(UserError, match="method_params.barlow_twins"):
+        tune.with_overrides(params, "barlow_twins", {"off_diagonal_wieght": 0.01}, "t")
