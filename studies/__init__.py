@@ -5,3 +5,12 @@ package. Run a script from the repository root as `python -m studies.<study>.<sc
 #: the methods the studies measured (the built-in nine, in the report's order); a method added
 #: later is not part of their record
 METHODS = ("carl", "coke", "cueco", "cc", "cadc", "simclr", "swav", "byol", "moco_v2")
+#: the protocols on frozen features they measured, likewise
+PROTOCOLS = ("linear", "knn", "cluster")
+
+
+def studied_columns() -> list[tuple]:
+    """The report's columns of the protocols the studies measured."""
+    from clusterssl.report import frozen_columns
+
+    return [c for c in frozen_columns() if c[1] in PROTOCOLS]

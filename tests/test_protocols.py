@@ -38,7 +38,7 @@ def with_centroid(monkeypatch):
 
 
 def test_the_built_in_protocols_are_read_from_their_declarations():
-    assert paths.evals() == ["linear", "knn", "cluster"] and paths.protocols() == ["linear", "knn", "cluster", "transfer", "semisup"]
+    assert paths.evals()[:3] == ["linear", "knn", "cluster"] and paths.protocols() == [*paths.evals(), "transfer", "semisup"]
     assert all(stages.STAGE_PARAMS[p] == ["dataset", "paths", f"eval.{p}"] for p in paths.evals())
     from clusterssl.report import frozen_columns
 

@@ -74,7 +74,7 @@ def test_dvc_stages_match_snakemake_dag(tmp_path):
 
 
 def test_methods_all_puts_every_method_in_the_dag(tmp_path):
-    from clusterssl.paths import all_methods
+    from clusterssl.paths import all_methods, evals
 
     ALL_METHODS = all_methods()
 
@@ -82,7 +82,7 @@ def test_methods_all_puts_every_method_in_the_dag(tmp_path):
     trained = sorted(re.search(r"--method (\S+)", j["cmd"]).group(1) for j in jobs if j["rule"] == "pretrain")
     assert trained == sorted(ALL_METHODS)
     evaluated = [j for j in jobs if j["rule"] == "evaluate"]
-    assert len(evaluated) == 3 * (len(ALL_METHODS) + 1)  # three protocols, every method and raw pixels
+    assert len(evaluated) == len(evals()) * (len(ALL_METHODS) + 1)  # every protocol on frozen features, every method and raw pixels
 
 
 def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_path):

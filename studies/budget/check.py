@@ -18,9 +18,9 @@ import pandas as pd
 
 from clusterssl import paths
 from clusterssl.io import write_text
-from clusterssl.report import collect, frozen_columns, main_cells, summarise, tables
+from clusterssl.report import collect, main_cells, summarise, tables
 from clusterssl.report.stats import t_interval
-from studies import METHODS
+from studies import METHODS, PROTOCOLS, studied_columns
 
 BASELINES = {"simclr", "swav", "byol", "moco_v2"}  # issue 12: linear >= 87.0
 BASELINE_LINEAR = 87.0
@@ -29,7 +29,7 @@ SCORES = {"linear": "linear_top1", "knn20": "knn20_top1", "knn200": "knn200_top1
 # the frozen-feature protocols only: semi-supervised and transfer were not run for all nine
 FROZEN = {"semisup": {"fractions": []}, "transfer": {"datasets": []}, "knn": {"k": [20, 200]}}
 # the README's columns: the report's main table less head ARI
-README_COLUMNS = ["method", *(header for column, *_, header in frozen_columns() if column != "head_ari"), "pretrain min"]
+README_COLUMNS = ["method", *(header for column, *_, header in studied_columns() if column != "head_ari"), "pretrain min"]
 # the 10-epoch side, committed: the README's fmnist-all table at 10 epochs, seed 0 (those runs are not in git)
 TEN_EPOCHS = Path(__file__).resolve().parent / "fmnist_all_10ep_seed0.csv"
 
@@ -48,8 +48,8 @@ def runs(root: Path, seed: int) -> pd.DataFrame:
     params = {"paths": {"results": root}, "dataset": "fashion_mnist", "methods": list(METHODS),
               "seeds": [seed], "eval": FROZEN}
     done = [m for m in paths.evaluated_methods(params)
-            if all(paths.metrics_file(params, m, seed, e).exists() for e in paths.evals())]
-    return collect(params, done)
+            if all(paths.metrics_file(params, m, seed, e).exists() for e in PROTOCOLS)]
+    return collect(params, done, set(PROTOCOLS))
 
 
 def main(twenty: Path, ten_csv: Path, csv_path: Path, seeds=(0, 1, 2)) -> str:
@@ -76,7 +76,7 @@ def main(twenty: Path, ten_csv: Path, csv_path: Path, seeds=(0, 1, 2)) -> str:
 def results_table(csv_path: Path, seed: int = 0) -> str:
     """One seed's saved runs as the report's main table prints them, in the README's columns."""
     saved = pd.read_csv(csv_path)
-    cells = main_cells(summarise(saved[saved["seed"] == seed]), frozen_columns())
+    cells = main_cells(summarise(saved[saved["seed"] == seed]), studied_columns())
     return tables.to_markdown(cells[README_COLUMNS])
 
 

@@ -15,15 +15,16 @@ import pandas as pd
 
 from clusterssl import paths
 from clusterssl.io import read_json, write_text
-from clusterssl.report import _dig, frozen_columns
+from clusterssl.report import _dig
 from clusterssl.report.stats import paired_difference, t_interval
+from studies import studied_columns
 
 CHANGES = {"swav": "lr 0.3 -> 0.6 (round 5)", "coke": "batch 128 -> 64 (round 4)"}
 ALSO = ["byol"]  # no change to check: three seeds of its recipe
 SEEDS = [0, 1, 2]
 # short name -> the report's column (its metrics file and the keys inside it)
 SCORES = {"linear": "linear_top1", "knn20": "knn20_top1", "knn200": "knn200_top1"}
-WHERE = {column: (evaluation, keys) for column, evaluation, keys, *_ in frozen_columns()}
+WHERE = {column: (evaluation, keys) for column, evaluation, keys, *_ in studied_columns()}
 
 
 def scores(root: Path, method: str, seed: int) -> dict | None:

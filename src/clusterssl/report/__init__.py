@@ -52,14 +52,16 @@ def _dig(d: dict, keys: tuple):
     return d
 
 
-def collect(params: dict, methods: list[str] | None = None) -> pd.DataFrame:
+def collect(params: dict, methods: list[str] | None = None, evaluations: set[str] | None = None) -> pd.DataFrame:
     """One row per (method, seed) with every metric, read from the metrics JSON files, for
-    `methods` (default: every row of the report)."""
+    `methods` (default: every row of the report) and `evaluations` (default: all; the columns of
+    others are left empty)."""
     rows = []
     for method in paths.report_rows(params) if methods is None else methods:
         for seed in params["seeds"]:
             row = {"method": method, "seed": seed}
-            files = {e: read_json(paths.metrics_file(params, method, seed, e))["metrics"] for e in paths.evaluations(params, method)}
+            files = {e: read_json(paths.metrics_file(params, method, seed, e))["metrics"] for e in paths.evaluations(params, method)
+                     if evaluations is None or e in evaluations}
             for col, evaluation, keys, pct, _ in columns(params):
                 value = _dig(files[evaluation], keys) if evaluation in files else None
                 row[col] = None if value is None else (100 * value if pct else value)
