@@ -2,7 +2,9 @@
 predicts the projection an EMA target network gives for another view of the same image.
 
 Follows the paper; settings from solo-learn's CIFAR config (EMA 0.99 -> 1 with a cosine
-schedule, projector and predictor MLPs, scaled down in small presets). Nothing assumed."""
+schedule, projector and predictor MLPs, scaled down in small presets). The loss sums both
+directions, as the paper and solo-learn do: its gradient is 4x that of lightly's example, which
+averages two negative cosines, so a learning rate taken from there is off by that factor."""
 from __future__ import annotations
 
 import torch

@@ -2,7 +2,8 @@
 key encoder gives for another view of the same image, against a queue of earlier keys.
 
 Follows the paper; settings from solo-learn's CIFAR config (tau 0.2, EMA 0.99 -> 1 with a
-cosine schedule, symmetrised over the two views); the Fashion-MNIST presets use tau 0.1, the
+cosine schedule, symmetrised over the two views), except the projector's hidden BatchNorm (the
+shared `mlp`; solo-learn's is Linear-ReLU-Linear); the Fashion-MNIST presets use tau 0.1, the
 winner of round 2 of the equal search (studies/recipe_search). As in solo-learn there is one queue per
 view, each starting full of random unit keys: view 1's queries are contrasted with earlier
 view-2 keys and view 2's with earlier view-1 keys, then each view's keys join its own queue

@@ -1,7 +1,8 @@
 """SimCLR (Chen et al., 2020): NT-Xent between two augmented views of each image.
 
 Follows the paper; settings from solo-learn's CIFAR config (tau = 0.2, projector 2048 -> 256,
-scaled down in small presets). Nothing assumed."""
+scaled down in small presets). Differs from solo-learn: the projector has a hidden BatchNorm
+(Linear, BatchNorm, ReLU, Linear: the shared `mlp`) where solo-learn's is Linear-ReLU-Linear."""
 from __future__ import annotations
 
 from .base import Method, register
