@@ -80,24 +80,38 @@ def _declared(cls: ast.ClassDef, where: str) -> dict:
     return facts
 
 
-def read_module(module: str) -> list[MethodSpec]:
-    """The methods a module registers, from its source."""
+def source_of(module: str, what: str) -> str | None:
+    """The Python source file of `module`, found without importing it (None for a module with no
+    source, e.g. a compiled one); one UserError naming it where it cannot be found. Both
+    registries (methods here, datasets in data/registry.py) find their modules so."""
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as exc:
-        spec, reason = None, str(exc)
+        spec, reason = None, f": {exc}"
     else:
-        reason = "not found"
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        raise UserError(f"method module '{module}' cannot be read ({reason}): install its package, or put it on PYTHONPATH")
-    return [MethodSpec(args[0], module, kwargs.get("order", PLUGIN_ORDER), **_declared(node, spec.origin))
-            for node, args, kwargs in decorated(spec.origin, "register") if isinstance(node, ast.ClassDef)]
+        reason = ""
+    if spec is None or not spec.origin:
+        raise UserError(f"module '{module}' ({what}) cannot be found{reason}; install its package, or put it on PYTHONPATH")
+    return spec.origin if spec.origin.endswith(".py") else None
+
+
+def entry_point_modules(group: str) -> list[str]:
+    """The modules installed packages name under the entry-point group `group`."""
+    return [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=group)]
+
+
+def read_module(module: str) -> list[MethodSpec]:
+    """The methods a module registers, from its source."""
+    origin = source_of(module, "a method module")
+    if origin is None:
+        raise UserError(f"method module '{module}' has no Python source to read its declarations from")
+    return [MethodSpec(args[0], module, kwargs.get("order", PLUGIN_ORDER), **_declared(node, origin))
+            for node, args, kwargs in decorated(origin, "register") if isinstance(node, ast.ClassDef)]
 
 
 def _modules(plugins: tuple[str, ...]) -> list[str]:
     builtin = [f"clusterssl.methods.{f.stem}" for f in sorted(BUILTIN_DIR.glob("*.py")) if f.stem not in BUILTIN_HELPERS]
-    installed = [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
-    return list(dict.fromkeys([*builtin, *installed, *plugins]))
+    return list(dict.fromkeys([*builtin, *entry_point_modules(ENTRY_POINT_GROUP), *plugins]))
 
 
 @functools.lru_cache(maxsize=None)

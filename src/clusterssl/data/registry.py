@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.metadata
-import importlib.util
 import pkgutil
 import re
 import sys
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import UserError
+from ..registry import entry_point_modules, source_of
 
 ENTRY_POINT_GROUP = "clusterssl.datasets"
 PACKAGE = __name__.rpartition(".")[0]
@@ -58,20 +57,13 @@ class DatasetFacts:
 
 def _assigns_datasets(module: str, where: str) -> bool:
     """Whether `module` assigns DATASETS at its top level, read from its source (not imported)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as exc:
-        spec, reason = None, f": {exc}"
-    else:
-        reason = ""
-    if spec is None or not spec.origin:
-        raise UserError(f"module '{module}' ({where}) cannot be found{reason}; install its package, or put it on PYTHONPATH")
-    if not spec.origin.endswith(".py"):  # no source to read (a compiled module): ask it
+    origin = source_of(module, where)
+    if origin is None:  # no source to read (a compiled module): ask it
         return hasattr(_import(module, where), "DATASETS")
-    text = Path(spec.origin).read_text()
+    text = Path(origin).read_text()
     if "DATASETS" not in text:
         return False
-    tree = ast.parse(text, spec.origin)
+    tree = ast.parse(text, origin)
     targets = [t for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
     return any(isinstance(t, ast.Name) and t.id == "DATASETS" for t in targets)
@@ -120,7 +112,7 @@ def _modules(plugins) -> list[tuple[str, str]]:
     """(module, where it was named) of every dataset module: the package's, installed, `plugins`."""
     package = sys.modules[PACKAGE]
     builtin = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
-    installed = [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    installed = entry_point_modules(ENTRY_POINT_GROUP)
     named = {f"{PACKAGE}.{m}": "built in" for m in builtin}
     for module in installed:
         named.setdefault(module, f"an entry point in the group {ENTRY_POINT_GROUP}")
