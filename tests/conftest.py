@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import gzip
@@ -190,9 +191,21 @@ def preset_in(tmp: Path, preset: str = "tiny", name: str = "params.yaml", **over
     return f
 
 
+def checkout_copy(dest: Path) -> Path:
+    """What the workflow reads from its checkout (the Snakefile, its rules and the reference numbers),
+    copied to `dest`: a clone somewhere else."""
+    dest.mkdir(parents=True)
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    for folder in ("workflow", "reference"):
+        shutil.copytree(ROOT / folder, dest / folder)
+    return dest
+
+
 def snakemake(workdir: Path, params: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # a workdir that is a copy of the checkout (checkout_copy) runs its own Snakefile, as a user in a clone does
+    snakefile = workdir / "Snakefile" if (workdir / "Snakefile").is_file() else ROOT / "Snakefile"
     run = subprocess.run(
-        [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", workdir, "--configfile", params, *args],
+        [BIN / "snakemake", "-s", snakefile, "-d", workdir, "--configfile", params, *args],
         capture_output=True, text=True, env=env or ENV,
     )
     if run.returncode:
@@ -200,11 +213,24 @@ def snakemake(workdir: Path, params: Path, *args: str, env: dict | None = None) 
     return run
 
 
+# tiny_local_run's results folder: a space and a command substitution in its name, which every job
+# must take as part of the name (the rules quote what they put into their shell commands)
+TINY_RESULTS = "my results $(touch PWNED)"
+
+
+def tiny_params(workdir: Path, name: str = "params.yaml", **overrides) -> Path:
+    """preset_in for tiny_local_run's workdir: its results in TINY_RESULTS."""
+    return preset_in(workdir, name=name, paths__results=str(workdir / TINY_RESULTS), **overrides)
+
+
 @pytest.fixture(scope="session")
 def tiny_local_run(tmp_path_factory) -> Path:
-    """The tiny preset (CARL only) run once on this machine; tests that compare against it share it."""
-    workdir = tmp_path_factory.mktemp("tiny_local")
-    snakemake(workdir, preset_in(workdir), *TINY_OVERRIDE, "--cores", "2", "-q")
+    """The tiny preset (CARL only) run once on this machine; tests that compare against it share it.
+    It runs as a user would, from a clone (checkout_copy) whose path has a space, and writes its
+    results into TINY_RESULTS; `results` links there, so that tests read them as workdir/results."""
+    workdir = checkout_copy(tmp_path_factory.mktemp("tiny_local") / "clusterssl checkout")
+    (workdir / "results").symlink_to(TINY_RESULTS)
+    snakemake(workdir, tiny_params(workdir), *TINY_OVERRIDE, "--cores", "2", "-q")
     return workdir
 
 

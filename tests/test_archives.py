@@ -57,6 +57,23 @@ def test_a_tar_member_escaping_its_folder_is_refused_and_nothing_is_extracted(tm
     assert not (tmp_path / "deep/escaped").exists() and not (tmp_path / "escaped").exists()
 
 
+def test_a_chain_of_tar_links_is_refused_before_anything_is_extracted(tmp_path):
+    # each link alone stays inside the folder; followed one after the other, the last leaves it
+    archive = tmp_path / "chain.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, target in (("a", "."), ("a/b", ".."), ("a/b/c", "..")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        info = tarfile.TarInfo("a/b/c/escaped")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    dest = tmp_path / "deep/dest"
+    with pytest.raises(UserError, match=r"chain.tar: member 'a' is refused \(a symbolic link to '.'; dataset archives hold none\); nothing was extracted"):
+        extract(archive, dest)
+    assert list(dest.iterdir()) == []
+
+
 def test_a_zip_member_escaping_its_folder_is_refused(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
         z.writestr("ok.txt", b"1")

@@ -384,3 +384,16 @@ def test_tune_names_the_search_file_it_needs(capsys, write_params):
     rc, _, err = run(capsys, write_params(), "tune", "--method", "carl")
     assert_user_error(rc, err)
     assert "--search" in err
+
+
+@pytest.mark.parametrize("verb", [["pretrain", "--method", "carl"], ["data", "split", "--fraction", "0.1"],
+                                  ["eval", "knn", "--method", "carl"]])
+def test_a_seed_numpy_and_torch_cannot_take_is_refused_by_every_verb(tmp_path, capsys, write_params, verb):
+    # numpy and torch take seeds below 2**32: a larger one failed in pretraining with a traceback
+    rc, _, err = run(capsys, write_params(), *verb, "--seed", str(2**32))
+    assert_user_error(rc, err)
+    assert f"--seed: '{2**32}' is not a seed: an integer from 0 to {2**32 - 1}" in err, err
+    assert not (tmp_path / "results").exists()
+    from clusterssl.cli import build_parser
+
+    assert build_parser().parse_args([*verb, "--seed", str(2**32 - 1)]).seed == 2**32 - 1  # the largest is a seed

@@ -2,14 +2,17 @@
 from the defaults its file declares, recipes taken back with null, and the values DVC writes."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
 
 from clusterssl import registry
+from clusterssl.data import imagenet
 from clusterssl.cli import main
 from clusterssl.config import hydra_value, load_params, merge, validate
 from clusterssl.io import UserError
-from conftest import PARAMS_YAML
+from conftest import BIN, ENV, PARAMS_YAML
 
 
 def test_merge_goes_down_sections_and_replaces_lists_and_values():
@@ -73,3 +76,29 @@ def test_exp_args_refuses_a_preset_that_does_not_validate(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == "" and "'pretrain.epochs'" in err
 
+
+
+@pytest.mark.parametrize("key, url", [("data", "pipe:touch PWNED;cat"), ("results", "s3://bucket/x")])
+def test_a_url_in_paths_is_refused_before_anything_runs(tmp_path, key, url):
+    """WebDataset would open a `pipe:` data folder as a shell command: every verb refuses a path
+    that starts like a URL, in one line naming the key, and nothing runs."""
+    from test_imagenet import make_imagefolder
+
+    make_imagefolder(tmp_path / "imagenet", per_class=(1, 1))  # what `data prepare imagenet100` would shard
+    params = yaml.safe_load(PARAMS_YAML.read_text())
+    params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"), key: url}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**ENV, imagenet.DIR_ENV: str(tmp_path / "imagenet")}
+    for verb in ("fetch", "prepare"):
+        run = subprocess.run([BIN / "clusterssl", "--params", "params.yaml", "data", verb, "imagenet100"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.count("\n") == 1 and f"'paths.{key}'" in run.stderr and "local folders" in run.stderr, run.stderr
+    assert not list(tmp_path.rglob("PWNED")), "a path was run as a shell command"
+
+
+@pytest.mark.parametrize("folder", ["my results", "/tmp/a b/$HOME/r$(touch PWNED)", "./data:v2", "data/pipe:x", "~/data", "2024:runs"])
+def test_a_local_folder_passes_whatever_its_characters(folder):
+    params = yaml.safe_load(PARAMS_YAML.read_text())
+    params["paths"] = {"data": folder, "results": folder}
+    assert validate(params)["paths"] == {"data": folder, "results": folder}

@@ -257,9 +257,16 @@ def test_prepared_files_carry_checksums_and_damaged_ones_are_refused(tmp_path):
     (out / "train.npz").write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(UserError, match=r"train.npz: changed or damaged since it was prepared .* run `clusterssl data prepare` again"):
         data.load_prepared(out, "train")
-    del meta["sha256"]  # a folder prepared before checksums: the damage is still one clear error
+    meta["sha256"]["train.npz"] = file_sha256(out / "train.npz")  # damaged before its checksum was taken: one clear error
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"train.npz: not a prepared split \(BadZipFile"):
+        data.load_prepared(out, "train")
+    del meta["sha256"]  # a folder prepared before checksums: nothing vouches for its files
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"meta.json: records no SHA-256 of train.npz \(written by an older clusterssl\); .* run `clusterssl data prepare` again"):
+        data.load_prepared(out, "train")
+    (out / "meta.json").unlink()
+    with pytest.raises(UserError, match=r"meta.json: not found, so the prepared splits beside it cannot be checked; .* `clusterssl data prepare`"):
         data.load_prepared(out, "train")
     (out / "meta.json").write_text("{not json")
     with pytest.raises(UserError, match=r"meta.json: not valid JSON"):

@@ -4,6 +4,7 @@ outputs (clusterssl.paths, so Snakemake and dvc.yaml) and the HTML report's capt
 same declaration, read from the source without importing matplotlib."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,13 +70,16 @@ def extra_figure(inputs: ReportInputs, path: Path) -> None:
 
 def _fake_results(tmp_path) -> tuple[dict, pd.DataFrame]:
     """The saved results the figures read, for one method and one seed (a few test images)."""
-    from clusterssl.io import write_json
+    from clusterssl.io import file_sha256, write_json
 
     params = {"paths": {"results": str(tmp_path / "results"), "data": str(tmp_path / "data")}, "dataset": "digits",
-              "seeds": [0], "methods": ["carl"], "report": {"embedding": "pca", "embedding_samples": 30}}
-    write_json(paths.prepared_dir(params, "digits") / "meta.json", {"classes": [str(c) for c in range(10)]})
-    history = paths.run_files(params, "carl", 0)[1]
+              "seeds": [0], "methods": ["carl"], "report": {"embedding": "pca", "embedding_samples": 30},
+              "eval": {"max_train": None}}
+    write_json(paths.prepared_dir(params, "digits") / "meta.json",
+               {"classes": [str(c) for c in range(10)], "num_train": 40, "num_test": 40})
+    checkpoint, history = paths.run_files(params, "carl", 0)[:2]
     history.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
     pd.DataFrame({"epoch": [1, 2], "loss": [3.0, 2.5], "consistency": [1.0, 0.8], "lr": [0.1, 0.01], "seconds": [1.0, 1.0],
                   "online_knn20_top1": [40.0, 50.0], "prototypes": [20, 20], "prototypes_used": [12, 15],
                   "prototype_entropy": [0.5, 0.6]}).to_csv(history, index=False)
@@ -83,7 +87,11 @@ def _fake_results(tmp_path) -> tuple[dict, pd.DataFrame]:
     for m in paths.evaluated_methods(params):
         f = paths.features_file(params, m, 0)
         f.parent.mkdir(parents=True)
-        np.savez(f, test_features=rng.normal(size=(40, 6)).astype(np.float32), test_labels=np.arange(40) % 10)
+        x, y = rng.normal(size=(40, 6)).astype(np.float32), np.arange(40) % 10
+        made_by = "raw_pixels" if m == paths.RAW_PIXELS else file_sha256(checkpoint)
+        provenance = {"method": m, "seed": 0, "dataset": "digits", "pretrained_on": "digits", "checkpoint_sha256": made_by,
+                      "params_fingerprint": "-", "num_classes": 10}
+        np.savez(f, train_features=x, train_labels=y, test_features=x, test_labels=y, provenance=np.array(json.dumps(provenance)))
         write_json(paths.metrics_file(params, m, 0, "cluster"), {"metrics": {"kmeans": {"confusion": np.eye(10, dtype=int).tolist()}}})
     efficiency = pd.DataFrame([{"method": m, "labels_percent": pct, "protocol": protocol, "n": 1, "mean": mean, "std": None,
                                 "low": None, "high": None}

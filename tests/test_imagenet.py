@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +182,25 @@ def test_each_process_reads_its_own_part_of_every_epoch(tmp_path, small_size):
     np.testing.assert_array_equal(resumed, got[0][10:])  # resuming within an epoch skips what was trained
     for idx, x in split.batches(3, 0, 1, 2, 5, steps):
         np.testing.assert_allclose(x.numpy().astype(int), images[idx.numpy()].astype(int), atol=4)  # JPEG
+
+
+def test_shards_under_a_folder_named_like_a_command_are_read_and_run_nothing(tmp_path, monkeypatch):
+    """WebDataset reads a string as a URL: a relative data folder that reads as a `pipe:` URL, with a
+    space and `$(...)` in its name, is written and read as a folder, and runs nothing."""
+    monkeypatch.chdir(tmp_path)
+    prepared = Path("pipe:touch PWNED;cat") / "my shards $(touch PWNED)"
+    prepared.mkdir(parents=True)
+    colours = np.random.default_rng(2).integers(30, 225, (12, 1, 1, 3), dtype=np.uint8)
+    images = np.broadcast_to(colours, (12, 8, 8, 3)).copy()  # flat colours: JPEG keeps them
+    shards.write_split(prepared, "train", iter(images), np.arange(12) % 3, shard_size=5)
+    split = shards.ShardedSplit(prepared, "train", workers=1)  # read in a loader worker process
+    assert all(url.startswith(f"file://{tmp_path}/pipe:touch PWNED;cat/my shards $(touch PWNED)/train/") for url in split.urls)
+    got = dict(pair for idx, x in split.chunks() for pair in zip(idx.tolist(), x))
+    assert sorted(got) == list(range(12))
+    np.testing.assert_allclose(np.stack([got[i] for i in range(12)]).astype(int), images.astype(int), atol=4)
+    assert not list(tmp_path.rglob("PWNED")), "a shard path was run as a shell command"
+    with pytest.raises(UserError, match="'#', '\\?'"):  # WebDataset would cut the URL short there
+        shards.shard_url(tmp_path / "C#" / "shard-000000.tar")
 
 
 def test_a_missing_class_folder_is_named(tmp_path, monkeypatch):

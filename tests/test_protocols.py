@@ -76,12 +76,15 @@ def test_a_new_protocol_gets_its_settings_metrics_columns_and_stages(with_centro
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 20)
     features = rng.normal(size=(40, 4)) + 4 * labels[:, None]
-    f = paths.features_file(params, "carl", 0)
+    f = paths.features_file(params, paths.RAW_PIXELS, 0)
     f.parent.mkdir(parents=True)
-    np.savez(f, train_features=features, train_labels=labels, test_features=features, test_labels=labels)
-    out = evaluate(params, "centroid", "carl", 0)
+    source = {"method": paths.RAW_PIXELS, "seed": 0, "dataset": params["dataset"], "pretrained_on": params["dataset"],
+              "checkpoint_sha256": paths.RAW_PIXELS, "params_fingerprint": "0" * 16, "num_classes": 2}  # what embed records
+    np.savez(f, train_features=features, train_labels=labels, test_features=features, test_labels=labels,
+             provenance=np.array(json.dumps(source)))
+    out = evaluate(params, "centroid", paths.RAW_PIXELS, 0)
     record = json.loads(out.read_text())
-    assert out == paths.metrics_file(params, "carl", 0, "centroid")
+    assert out == paths.metrics_file(params, paths.RAW_PIXELS, 0, "centroid")
     assert record["protocol"] == "centroid" and record["settings"] == {"normalise": True}
     expected = nearest_centroid({"train_features": features, "train_labels": labels, "test_features": features, "test_labels": labels}, params["eval"], 0)
     assert record["metrics"] == pytest.approx(expected) and expected["top1"] > 0.9

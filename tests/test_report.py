@@ -111,3 +111,45 @@ def test_methods_table_reads_recipe_and_provenance_from_each_runs_config(tmp_pat
         run_configs(params)
     write_json(paths.run_files(params, "simclr", 3)[2], {"recipe": {}, "provenance": "paper: NT-Xent"})
     assert run_configs(params) == {"carl": carl, "simclr": {"recipe": {}, "provenance": "paper: NT-Xent"}}
+
+
+def _linear_metrics(**changes) -> dict:
+    """CARL's seed-0 linear.json as `clusterssl eval` writes it, with `changes` (None: key left out)."""
+    record = {"method": "carl", "seed": 0, "dataset": "digits", "pretrained_on": "digits", "evaluation": "linear",
+              "checkpoint_sha256": "a" * 64, "features_sha256": "b" * 64, "metrics": {"top1": 0.5}}
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def test_the_report_takes_metrics_only_from_a_file_that_says_it_holds_its_folders(tmp_path):
+    """A metrics file whose method, seed, dataset or evaluation differ from its folder and name
+    (copied from another run) is refused, and so is one written before metrics said so."""
+    from clusterssl.io import UserError, write_json
+    from clusterssl.report import collect
+
+    params = {"paths": {"results": str(tmp_path)}, "dataset": "digits", "seeds": [0], "methods": ["carl"],
+              "eval": {"semisup": {"fractions": []}, "transfer": {"datasets": []}, "knn": {"k": [20]}}}
+    (paths.run_dir(params, "carl", 0)).mkdir(parents=True)
+    paths.run_files(params, "carl", 0)[1].write_text("epoch,seconds\n1,60\n")
+    linear = paths.metrics_file(params, "carl", 0, "linear")
+    fix = r"re-run `clusterssl eval linear --method carl --seed 0`"
+    write_json(linear, _linear_metrics())
+    assert collect(params, ["carl"], {"linear"})["linear_top1"].tolist() == [50.0]
+    for changes, held in [({"method": "simclr"}, "linear metrics of simclr seed 0 pretrained on digits"),
+                          ({"seed": 1}, "linear metrics of carl seed 1"),
+                          ({"pretrained_on": "fashion_mnist"}, "linear metrics of carl seed 0 pretrained on fashion_mnist"),
+                          ({"evaluation": "knn"}, "knn metrics of carl seed 0")]:
+        write_json(linear, _linear_metrics(**changes))
+        with pytest.raises(UserError, match=rf"carl/seed0/linear.json: holds {held}.*, not linear metrics of carl seed 0 pretrained on digits; {fix}"):
+            collect(params, ["carl"], {"linear"})
+    write_json(linear, _linear_metrics(evaluation=None, checkpoint_sha256=None))
+    with pytest.raises(UserError, match=rf"linear.json: records no evaluation, checkpoint_sha256 \(written by an older clusterssl\); {fix}"):
+        collect(params, ["carl"], {"linear"})
+
+
+def test_the_report_names_the_command_that_writes_each_metrics_file_again():
+    from clusterssl.report import eval_command
+
+    assert eval_command("knn", "carl", 2) == "clusterssl eval knn --method carl --seed 2"
+    assert eval_command("semisup_0.01", "scratch", 0) == "clusterssl eval semisup --fraction 0.01 --method scratch --seed 0"
+    assert eval_command("transfer_fashion_mnist", "byol", 1) == "clusterssl eval transfer --target fashion_mnist --method byol --seed 1"

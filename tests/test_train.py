@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from clusterssl import data, optim, paths, runtime, train
+from clusterssl.cli import main
 from clusterssl.config import validate
-from clusterssl.io import UserError
+from clusterssl.io import UserError, file_sha256
 from conftest import preset_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,12 +109,36 @@ def carl_run(tiny):
     return train.pretrain(tiny, "carl", 0, threads=1, progress=False)
 
 
-def test_crafted_checkpoint_runs_no_code(tiny, carl_run, tmp_path):
+class RunsAShellCommand:
+    """A pickle that, when loaded by an unsafe loader, runs `touch` on the file it names."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("crafted, call", [(CreatesAFile, "io.open"), (RunsAShellCommand, f"{os.system.__module__}.system")])
+def test_crafted_checkpoint_runs_no_code(tiny, carl_run, tmp_path, crafted, call):
     marker = tmp_path / "pwned"
-    torch.save(CreatesAFile(marker), carl_run / "checkpoint.pt")
-    with pytest.raises(UserError, match=r"checkpoint.pt: not a clusterssl checkpoint \(torch.load, weights only"):
+    torch.save(crafted(marker), carl_run / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a clusterssl checkpoint \(torch.load, weights only") as refused:
         runtime.load_trained(tiny, "carl", 0)
     assert not marker.exists()
+    # one line that names the call the file would have made, and what to do
+    message = str(refused.value)
+    assert f"it would call {call}, which weights-only loading refuses" in message, message
+    assert "\n" not in message and message.endswith("delete it and run `clusterssl pretrain --method carl --seed 0`")
+
+
+def test_saving_the_same_state_twice_gives_the_same_bytes(tmp_path):
+    # torch.save to a path names the archive's folder after the file (a random temporary name):
+    # equal weights then hashed differently and DVC saw a changed checkpoint
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "gen": torch.Generator().manual_seed(3).get_state(), "epoch": 2}
+    runtime.save_state(state, tmp_path / "a" / "checkpoint.pt")
+    runtime.save_state(state, tmp_path / "b" / "checkpoint.pt")
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == (tmp_path / "b" / "checkpoint.pt").read_bytes()
 
 
 def test_checkpoint_from_another_method_seed_or_params_is_refused(tiny, carl_run):
@@ -145,6 +170,46 @@ def test_truncated_or_foreign_checkpoint_is_refused(tiny, carl_run):
     torch.save([1, 2], checkpoint)
     with pytest.raises(UserError, match="holds a list"):
         runtime.load_trained(tiny, "carl", 0)
+
+
+def _pretrain_in_process(capsys, params, tmp_path):
+    """`clusterssl pretrain` with these params, in this process: (exit status, stderr)."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    status = main(["--params", str(params_file), "pretrain", "--method", "carl", "--threads", "1", "--no-progress"])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_train, batch_size, wrong", [
+    (3, 64, "data.max_train is 3 but pretrain.batch_size is 64: a step needs a whole batch; raise data.max_train to at least 64"),
+    (None, 4096, "digits has {n} training images but pretrain.batch_size is 4096: a step needs a whole batch; "
+                 "lower pretrain.batch_size to at most {n}"),
+], ids=["max_train_below_the_batch", "dataset_smaller_than_the_batch"])
+def test_fewer_images_than_a_batch_is_one_line_naming_the_keys(tiny, tmp_path, capsys, max_train, batch_size, wrong):
+    tiny["data"]["max_train"] = max_train
+    tiny["pretrain"]["batch_size"] = batch_size
+    status, err = _pretrain_in_process(capsys, tiny, tmp_path)
+    assert status == 2 and err.startswith("clusterssl: error: ") and err.count("\n") == 1, err
+    assert wrong.format(n=data.load_meta(paths.prepared_dir(tiny, "digits"))["num_train"]) in err, err
+    assert not paths.run_dir(tiny, "carl", 0).exists()
+
+
+def test_an_empty_prepared_train_split_is_one_line_naming_the_folder(tiny, tmp_path, capsys):
+    prepared = paths.prepared_dir(tiny, "digits")
+    test = data.load_prepared(prepared, "test")
+    nothing = (test.images[:0], test.labels[:0])
+    data.write_prepared(prepared, "digits", data.load_meta(prepared)["classes"], nothing, (test.images, test.labels))
+    status, err = _pretrain_in_process(capsys, tiny, tmp_path)
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err and "Warning" not in err, err
+    assert f"{prepared}: its train split holds no images; delete {prepared} and run `clusterssl data prepare digits` again" in err
+    assert not paths.run_dir(tiny, "carl", 0).exists()
+
+
+def test_a_seed_numpy_cannot_take_is_refused_past_the_cli_too(tiny):
+    # the CLI refuses it first; this guards callers of train.pretrain (tune's proxy.train_seeds)
+    with pytest.raises(UserError, match=f"seed {2**32} is out of range: numpy and torch take seeds from 0 to {2**32 - 1}"):
+        train.pretrain(tiny, "carl", 2**32, threads=1, progress=False)
+    assert not paths.run_dir(tiny, "carl", 2**32).exists()
 
 
 @pytest.mark.parametrize("method", ["carl", "simclr"])
@@ -197,8 +262,9 @@ def signal_run(request, tiny, tmp_path):
     run = paths.run_dir(tiny, method, 0)
     reference = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     history = pd.read_csv(run / "history.csv")
+    reference_sha256 = file_sha256(run / "checkpoint.pt")
     shutil.rmtree(run)
-    return cmd, run, reference, history
+    return cmd, run, (reference, reference_sha256), history
 
 
 def _start_and_wait_for_epoch(cmd, epoch):
@@ -210,6 +276,7 @@ def _start_and_wait_for_epoch(cmd, epoch):
 
 
 def _assert_same_run(run, reference, history):
+    reference, reference_sha256 = reference
     resumed = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     assert resumed.keys() == reference.keys()
     for k in reference:
@@ -217,6 +284,7 @@ def _assert_same_run(run, reference, history):
     numbers = lambda h: h.drop(columns=["seconds", "images_per_s"])
     pd.testing.assert_frame_equal(numbers(pd.read_csv(run / "history.csv")), numbers(history))
     assert not (run / "resume.pt").exists() and not list(run.glob(".*.tmp"))
+    assert file_sha256(run / "checkpoint.pt") == reference_sha256  # the same file: DVC sees no change
 
 
 # state beyond weights and optimizer: an EMA teacher (BYOL), a queue (MoCo v2), per-instance
@@ -350,8 +418,11 @@ def test_history_logs_online_knn_and_prototype_use_without_changing_training(tin
     monkeypatch.setattr(train, "MONITOR_BANK", 17)
     monkeypatch.setattr(train, "MONITOR_QUERY", 5)
     other = dict(tiny, paths={**tiny["paths"], "results": str(tmp_path / "other")})
-    again = torch.load(train.pretrain(other, method, 0, threads=1, progress=False) / "checkpoint.pt", weights_only=True)["model"]
+    rerun = train.pretrain(other, method, 0, threads=1, progress=False)
+    again = torch.load(rerun / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+    # and the same seed's checkpoint.pt is the same file, byte for byte: DVC sees no change
+    assert file_sha256(rerun / "checkpoint.pt") == file_sha256(run / "checkpoint.pt")
 
 
 def test_prototype_use_counts_and_normalised_entropy():

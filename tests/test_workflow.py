@@ -18,7 +18,8 @@ import yaml
 from clusterssl import paths
 from clusterssl.paths import report_files
 from clusterssl.stages import STAGE_PARAMS
-from conftest import BIN, ENV, ROOT, TINY_OVERRIDE, metrics_of, needs_fashion_mnist, preset_in, preset_params, run_params_file, snakemake
+from conftest import (BIN, ENV, ROOT, TINY_OVERRIDE, TINY_RESULTS, metrics_of, needs_fashion_mnist, preset_in, preset_params,
+                      run_params_file, snakemake, tiny_params)
 
 
 def normalise(cmd: str) -> str:
@@ -167,10 +168,14 @@ def test_every_method_through_every_stage(tmp_path, monkeypatch, capsys):
 @needs_fashion_mnist
 def test_snakemake_tiny_end_to_end(tiny_local_run):
     """The tiny preset with a --config override (one method): every job reads the config
-    Snakemake validated, so the report has exactly the rows the DAG scheduled."""
+    Snakemake validated, so the report has exactly the rows the DAG scheduled. It ran from a
+    checkout whose path has a space, into a results folder named with a space and `$(touch PWNED)`:
+    every job took them as names and ran nothing else."""
     workdir = tiny_local_run
     report = workdir / "results" / "report"
     params = yaml.safe_load(run_params_file(workdir).read_text())
+    assert " " in str(workdir) and params["paths"]["results"] == str(workdir / TINY_RESULTS)
+    assert not list(workdir.parent.rglob("PWNED")), "a job ran a command from a path"
     for f in report_files(params):
         assert f.stat().st_size > 0, f
     table = pd.read_csv(report / "tables/main.csv").set_index("method")
@@ -194,7 +199,7 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     assert len(subsets) == 1
 
     # changing pretrain.epochs re-runs pretraining and everything downstream, nothing upstream
-    changed = preset_in(workdir, name="params.epochs3.yaml", pretrain__epochs=3)
+    changed = tiny_params(workdir, name="params.epochs3.yaml", pretrain__epochs=3)
     jobs = [j for j in snakemake_jobs(workdir, changed, *TINY_OVERRIDE) if j["cmd"]]
     assert {j["rule"] for j in jobs} == {"pretrain", "embed", "evaluate", "transfer", "semisup", "report"}
     assert not any("raw_pixels" in j["cmd"] or "scratch" in j["cmd"] for j in jobs), "baselines do not depend on pretraining"
@@ -206,6 +211,15 @@ def test_snakemake_tiny_end_to_end(tiny_local_run):
     other = preset_in(workdir, name="params.other.yaml", paths__results=str(workdir / "results-other"))
     jobs = [j for j in snakemake_jobs(workdir, other, *TINY_OVERRIDE) if j["cmd"]]
     assert "pretrain" in {j["rule"] for j in jobs} and not {j["rule"] for j in jobs} & {"fetch", "prepare", "split"}
+
+
+def test_a_results_folder_named_with_a_command_substitution_runs_no_command(tmp_path):
+    """The rules quote every value they put into a shell command: `r$(touch PWNED)` from params
+    is a folder name, and the job that logs there runs nothing else."""
+    params = preset_in(tmp_path, paths={"data": "data", "results": "r$(touch PWNED)"})
+    snakemake(tmp_path, params, "--cores", "1", "-q", "--", "data/raw/digits")
+    assert (tmp_path / "data/raw/digits").is_dir() and (tmp_path / "r$(touch PWNED)/logs/fetch/digits.log").is_file()
+    assert not list(tmp_path.rglob("PWNED")), "a job ran a command from a path"
 
 
 @pytest.mark.e2e

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 import sys
 from pathlib import Path
@@ -184,9 +186,10 @@ def dataset_name(text: str) -> str:
 
 
 def seed(text: str) -> int:
-    """A seed as params allow it (an integer >= 0): it names folders, so nothing else gets through."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: an integer >= 0")
+    """A seed as params allow it: it names folders, so nothing else gets through, and numpy and
+    torch take 0 <= seed < 2**32 (a larger one failed in pretraining, after `data split` took it)."""
+    if not re.fullmatch(r"[0-9]+", text) or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: an integer from 0 to {2**32 - 1}")
     return int(text)
 
 
@@ -274,14 +277,38 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: exit status of a fault of the machine rather than of the input (a full disk, a read-only folder)
+ENVIRONMENT_FAILURE = 1
+
+
+def environment_error(exc: OSError) -> str:
+    """One line for an OSError: which file, what the system said and what to do about it."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where}no space left on the device (the disk or quota is full); free space and run the same "
+                "command again (no partial output was kept)")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{where}cannot be written ({exc.strerror}); make the folder writable, or point paths.data / "
+                "paths.results in the params file to one you can write")
+    return f"{where}{exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("CLUSTERSSL_DEBUG") == "1"  # the traceback, for reporting a bug
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
         args.fn(args)
     except UserError as exc:
+        if debug:
+            raise
         print(f"clusterssl: error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"clusterssl: error: {environment_error(exc)}", file=sys.stderr)
+        return ENVIRONMENT_FAILURE
     return 0
 
 

@@ -18,6 +18,9 @@ from .stages import lookup
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
 BASE_PARAMS = "params.yaml"  # what presets are merged onto
 RECIPE_KEYS = ("augment", "pretrain")  # a method's own values of these shared sections
+# a value that starts like a URL (pipe:, http:, s3:, file:): data readers such as WebDataset would
+# open it as one, and `pipe:` runs a shell command
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def load_schema(plugins: list[str] | tuple[str, ...] = ()) -> dict:
@@ -120,6 +123,12 @@ def validate(params: dict, source: str = "params") -> dict:
             + (f" ({hint})" if hint else "")
             + f". Fix it in {source} (the schema is {SCHEMA_PATH.name})."
         )
+    for key, folder in params["paths"].items():
+        if scheme := URL_SCHEME.match(folder):
+            raise UserError(
+                f"{source}: invalid value for key 'paths.{key}': {folder!r} starts like a URL ({scheme.group()}); paths are "
+                f"local folders, not URLs: give a folder (relative or absolute), or write ./{folder} if a folder's name has a colon"
+            )
     if params["dataset"] in params["eval"]["transfer"]["datasets"]:
         raise UserError(
             f"{source}: invalid value for key 'eval.transfer.datasets': it lists the pretraining dataset "

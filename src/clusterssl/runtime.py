@@ -4,9 +4,10 @@ CUDA kernels, bf16 autocast), seeds, SIGTERM handling, and its checkpoint files,
 `weights_only=True` and checked against the current params before use."""
 from __future__ import annotations
 
+import io
 import os
 import random
-import shutil
+import re
 import signal
 import threading
 from pathlib import Path
@@ -49,6 +50,8 @@ def build_method(cfg: dict, in_chans: int, num_classes: int, num_train: int) -> 
 
 # --- device policy and seeds ---------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
+    if not 0 <= seed < 2**32:  # numpy's range; the CLI refuses others, this catches any other way in
+        raise UserError(f"seed {seed} is out of range: numpy and torch take seeds from 0 to {2**32 - 1}; pick one there")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -106,31 +109,40 @@ class SigtermAtStepBoundary:
 
 
 # --- checkpoint files ----------------------------------------------------------------------------
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files that a killed run's atomic writes left behind (nothing else writes here)."""
-    for tmp in folder.glob(".*.tmp"):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
 def save_state(state: dict, path: Path) -> None:
-    """torch.save, atomically: a kill mid-write leaves the previous file (or none), never half of one."""
+    """torch.save, atomically: a kill mid-write leaves the previous file (or none), never half of one.
+    It writes into an open file: given a path, torch names the archive's inner folder after it (a
+    random temporary name here), so equal weights gave other bytes and DVC saw a change. It is
+    serialised in memory first: torch's own writer reports a full disk as "enforce fail at
+    inline_container.cc", a plain write as the OSError (no space left) that it is."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
-def load_state(path: Path, device: torch.device, what: str) -> dict:
+def refusal(exc: Exception) -> str:
+    """Why torch.load refused a file, in one line: for a pickle that calls a function
+    weights-only loading does not allow, that function's name (torch names it deep in a long
+    message)."""
+    text = str(exc).strip()
+    blocked = re.search(r"GLOBAL ([\w.]*\w)", text)
+    if blocked:
+        return f"it would call {blocked.group(1)}, which weights-only loading refuses"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def load_state(path: Path, device: torch.device, what: str, fix: str = "") -> dict:
     """A file this project wrote with torch.save, loaded without running any code it may hold
-    (weights_only: tensors, dicts, lists, numbers and strings only). UserError if it is not one."""
+    (weights_only: tensors, dicts, lists, numbers and strings only). UserError if it is not one,
+    ending with `fix` where given."""
+    fix = f"; {fix}" if fix else ""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # UnpicklingError, zip/EOF errors, RuntimeError: all mean "not ours"
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a clusterssl {what} (torch.load, weights only: {reason})") from None
+        raise UserError(f"{path}: not a clusterssl {what} (torch.load, weights only: {refusal(exc)}){fix}") from None
     if not isinstance(state, dict):
-        raise UserError(f"{path}: not a clusterssl {what} (it holds a {type(state).__name__}, not a dict)")
+        raise UserError(f"{path}: not a clusterssl {what} (it holds a {type(state).__name__}, not a dict){fix}")
     return state
 
 
@@ -144,7 +156,7 @@ def load_trained(params: dict, method: str, seed: int, device: torch.device = to
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: checkpoint not found; run `clusterssl pretrain --method {method} --seed {seed}` first")
     fix = f"delete it and run `clusterssl pretrain --method {method} --seed {seed}`"
-    state = load_state(checkpoint, device, "checkpoint")
+    state = load_state(checkpoint, device, "checkpoint", fix)
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing or not isinstance(state["config"], dict):
         raise UserError(f"{checkpoint}: not a clusterssl checkpoint (missing {', '.join(missing) or 'config'}); {fix}")

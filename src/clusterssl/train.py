@@ -1,13 +1,15 @@
 """One training loop for every method.
 
 Linear warm-up then cosine decay (per step, optim.py), seeds, AMP (bf16 on CUDA), channels_last,
-optional torch.compile, a checkpoint every N epochs that a re-run resumes from (runtime.py), a
-tqdm progress bar, and `history.csv` with, per epoch, the loss and each of its terms, an online
-k-NN monitor on a fixed train subset and, for methods with prototypes, how many of them the epoch
-used and how evenly. The run's config resolution (`pretrain_config`, `recipe`) lives in runtime.py,
-below this module, because loading a trained encoder back checks against it too."""
+optional torch.compile, a checkpoint every N epochs that a re-run resumes from (runtime.py), one
+run at a time in a run folder (a lock, io.py), a tqdm progress bar, and `history.csv` with, per
+epoch, the loss and each of its terms, an online k-NN monitor on a fixed train subset and, for
+methods with prototypes, how many of them the epoch used and how evenly. The run's config
+resolution (`pretrain_config`, `recipe`) lives in runtime.py, below this module, because loading a
+trained encoder back checks against it too."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -24,21 +26,22 @@ from . import distributed, optim, paths
 from .augment import AugmentConfig, make_views, normalise
 from .config import fingerprint
 from .data import load_meta, load_prepared
-from .io import Preempted, UserError, atomic_path, write_json
+from .io import Preempted, UserError, atomic_path, folder_lock, remove_stale_temporaries, write_json
 from .knn import knn_predict
 from .methods.base import Method
 from .optim import make_optimizer
-from .runtime import (SigtermAtStepBoundary, bf16_autocast, build_method, load_state, pretrain_config, recipe,
-                      remove_stale_temporaries, save_state, seed_everything, use_device)
+from .runtime import (SigtermAtStepBoundary, bf16_autocast, build_method, load_state, pretrain_config, recipe, save_state,
+                      seed_everything, use_device)
 
 MONITOR_BANK, MONITOR_QUERY = 4000, 1000
 
 
 def monitor_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The online k-NN monitor's fixed train-split indices (the same for every method and seed):
-    a bank of up to MONITOR_BANK images and up to MONITOR_QUERY others (a quarter of small sets)."""
+    a bank of up to MONITOR_BANK images and up to MONITOR_QUERY others (a quarter of small sets,
+    at least one)."""
     order = np.random.default_rng(0).permutation(n)
-    q = min(MONITOR_QUERY, n // 4)
+    q = min(MONITOR_QUERY, max(1, n // 4))
     return np.sort(order[q : q + MONITOR_BANK]), np.sort(order[:q])
 
 
@@ -83,6 +86,9 @@ def load_training_set(params: dict, device: torch.device) -> TrainingSet:
     prepared = paths.prepared_dir(params, params["dataset"])
     meta = load_meta(prepared)
     train = load_prepared(prepared, "train", params["data"]["max_train"])
+    if len(train) == 0:  # nothing to train on, nor for the monitor to score
+        raise UserError(f"{prepared}: its train split holds no images; delete {prepared} and run "
+                        f"`clusterssl data prepare {params['dataset']}` again, from complete raw data")
     num_classes = len(meta["classes"])
     if train.streamed:  # shards (data/shards.py)
         if params["data"]["extra_pretrain_splits"]:
@@ -177,23 +183,55 @@ def step_function(model: Method, tcfg: dict, device: torch.device, world: int) -
     return step_fn
 
 
-def prepare_run(params: dict, method_name: str, seed: int, threads: int | None) -> Run:
+def checked_batch(params: dict, method_name: str, data: TrainingSet) -> int:
+    """The global batch, once it is clear that the training images fill one (UserError: fewer
+    images than a batch left no step to take)."""
+    batch = pretrain_config(params, method_name)["pretrain"]["batch_size"]
+    own = "pretrain.batch_size" in recipe(params, method_name)  # the method's recipe sets it
+    key = f"method_params.{method_name}.pretrain.batch_size" if own else "pretrain.batch_size"
+    prepared, limit = paths.prepared_dir(params, params["dataset"]), params["data"]["max_train"]
+    if data.num_train < batch and limit is not None and limit < batch:
+        raise UserError(f"data.max_train is {limit} but {key} is {batch}: a step needs a whole batch; "
+                        f"raise data.max_train to at least {batch} (or null: all images) or lower {key}")
+    if data.num_train < batch:
+        raise UserError(f"{prepared}: {params['dataset']} has {data.num_train} training images but {key} is {batch}: "
+                        f"a step needs a whole batch; lower {key} to at most {data.num_train}")
+    return batch
+
+
+def claim_run_folder(out: Path, rank: int, held: contextlib.ExitStack) -> None:
+    """The writer (rank 0) makes the run folder, locks it until `held` closes (the whole run: a
+    second run on the folder stops at once) and removes what killed writes left in it. Every
+    process stops if it could not, so none waits for a writer that stopped."""
+    refused = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            held.enter_context(folder_lock(out, "clusterssl pretrain"))
+        except UserError as exc:
+            refused = str(exc)
+        else:
+            remove_stale_temporaries(out)
+    refused = distributed.gather_objects(refused)[0]
+    if refused:
+        raise UserError(refused)
+
+
+def prepare_run(params: dict, method_name: str, seed: int, threads: int | None, held: contextlib.ExitStack) -> Run:
     """Everything before the first step; the run's folder is made only once data and params passed
-    (a failed start leaves nothing)."""
+    (a failed start leaves nothing), and stays locked until `held` closes."""
     cfg = pretrain_config(params, method_name)
     tcfg = cfg["pretrain"]
     device, world, rank = start_process(tcfg, seed, threads)
     out = paths.run_dir(params, method_name, seed)
     data = load_training_set(params, device)
+    batch = checked_batch(params, method_name, data)
     model = build_method(cfg, data.in_chans, data.num_classes, data.num_train).to(device)
     model.check_schedule(tcfg["epochs"])
-    batch = min(tcfg["batch_size"], data.num_train)
     if batch % world:
         raise UserError(f"pretrain.batch_size {batch} does not split evenly over pretrain.processes {world}; "
                         f"make it a multiple of {world}")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
+    claim_run_folder(out, rank, held)
     if world > 1:
         model = distributed.sync_batchnorm(model)
     if tcfg["channels_last"]:
@@ -461,10 +499,11 @@ def write_outputs(run: Run) -> None:
 
 
 def pretrain(params: dict, method_name: str, seed: int, threads: int | None = None, progress: bool = True) -> Path:
-    run = prepare_run(params, method_name, seed, threads)
-    start = resume(run)
-    monitor = make_monitor(run)
-    train_epochs(run, start, monitor, progress)
-    if run.writer:  # one process writes the run's files
-        write_outputs(run)
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        run = prepare_run(params, method_name, seed, threads, held)
+        start = resume(run)
+        monitor = make_monitor(run)
+        train_epochs(run, start, monitor, progress)
+        if run.writer:  # one process writes the run's files
+            write_outputs(run)
     return run.out

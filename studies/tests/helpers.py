@@ -18,7 +18,13 @@ def load_preset(name: str) -> dict:
 
 
 def write_scores(root: Path, method: str, seed: int, linear: float, knn20: float = 0.8, knn200: float = 0.7) -> None:
+    write_metrics(root, method, seed, "linear", {"top1": linear})
+    write_metrics(root, method, seed, "knn", {"k20_top1": knn20, "k200_top1": knn200})
+
+
+def write_metrics(root: Path, method: str, seed: int, evaluation: str, metrics: dict) -> None:
+    """A metrics file with the provenance every one records (clusterssl.report.read_metrics checks it)."""
     folder = root / "metrics" / "fashion_mnist" / method / f"seed{seed}"
-    folder.mkdir(parents=True)
-    (folder / "linear.json").write_text(json.dumps({"metrics": {"top1": linear}}))
-    (folder / "knn.json").write_text(json.dumps({"metrics": {"k20_top1": knn20, "k200_top1": knn200}}))
+    folder.mkdir(parents=True, exist_ok=True)
+    held = {"method": method, "seed": seed, "pretrained_on": "fashion_mnist", "evaluation": evaluation, "checkpoint_sha256": "0" * 64}
+    (folder / f"{evaluation}.json").write_text(json.dumps({**held, "metrics": metrics}))

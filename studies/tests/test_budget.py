@@ -2,14 +2,12 @@
 it misses; the saved runs in the report's columns; several seeds summarised."""
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from clusterssl import paths
 from studies import METHODS
 from studies.budget import check
-from studies.tests.helpers import write_scores
+from studies.tests.helpers import write_metrics, write_scores
 
 
 def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_bars_it_misses(tmp_path):
@@ -19,17 +17,15 @@ def test_the_budget_check_compares_each_run_with_its_10_epoch_row_and_names_the_
     twenty = tmp_path / "twenty"
     for method, linear, knn20 in (("byol", 0.8725, 0.8450), ("carl", 0.8800, 0.8440)):
         write_scores(twenty, method, 0, linear, knn20, knn200=0.81)
-        folder = twenty / "metrics" / "fashion_mnist" / method / "seed0"
         head = {"head": {"acc": 0.02, "nmi": 0.4, "ari": 0.01, "clusters_used": 993}} if method == "carl" else {}
-        (folder / "cluster.json").write_text(json.dumps({"metrics": {"kmeans": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}, **head}}))
+        write_metrics(twenty, method, 0, "cluster", {"kmeans": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}, **head})
         run = twenty / "runs" / "fashion_mnist" / method / "seed0"
         run.mkdir(parents=True)
         (run / "history.csv").write_text("epoch,seconds\n1,60\n2,90\n")
     write_scores(twenty, "swav", 0, 0.9)  # no cluster.json: not a finished run
     for seed, linear in ((1, 0.8625), (2, 0.8825)):  # BYOL's other two seeds: 86.25, 87.25, 88.25
         write_scores(twenty, "byol", seed, linear, 0.8450, knn200=0.81)
-        (twenty / "metrics" / "fashion_mnist" / "byol" / f"seed{seed}" / "cluster.json").write_text(
-            json.dumps({"metrics": {"kmeans": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}}}))
+        write_metrics(twenty, "byol", seed, "cluster", {"kmeans": {"acc": 0.7, "nmi": 0.6, "ari": 0.5}})
         run = twenty / "runs" / "fashion_mnist" / "byol" / f"seed{seed}"
         run.mkdir(parents=True)
         (run / "history.csv").write_text("epoch,seconds\n1,60\n")

@@ -5,6 +5,9 @@ from clusterssl.data import SOURCES
 from clusterssl.stages import stage_params
 
 RESULTS = str(paths.results_dir(config))
+# Shell commands quote every value they interpolate (Snakemake's `q` format), as paths come from
+# params and from the checkout's folder and may hold spaces or `$(...)`, which the shell must not
+# split or run.
 DATASET = config["dataset"]
 
 

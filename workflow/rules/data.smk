@@ -14,7 +14,7 @@ rule fetch:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} data fetch {wildcards.dataset} > {log} 2>&1"
+        "clusterssl --params {params.file:q} data fetch {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -37,7 +37,7 @@ rule prepare:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} data prepare {wildcards.dataset} > {log} 2>&1"
+        "clusterssl --params {params.file:q} data prepare {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 # datasets too large for memory: the same verb writes shards and their index files
@@ -69,5 +69,5 @@ rule split:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} data split {wildcards.dataset} --fraction {wildcards.fraction}"
-        " --seed {wildcards.seed} > {log} 2>&1"
+        "clusterssl --params {params.file:q} data split {wildcards.dataset:q} --fraction {wildcards.fraction:q}"
+        " --seed {wildcards.seed:q} > {log:q} 2>&1"

@@ -16,8 +16,8 @@ rule embed:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} embed --method {wildcards.method} --seed {wildcards.seed}"
-        " --dataset {wildcards.dataset} --threads {threads} > {log} 2>&1"
+        "clusterssl --params {params.file:q} embed --method {wildcards.method:q} --seed {wildcards.seed:q}"
+        " --dataset {wildcards.dataset:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -38,8 +38,8 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} eval {wildcards.protocol} --method {wildcards.method}"
-        " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+        "clusterssl --params {params.file:q} eval {wildcards.protocol:q} --method {wildcards.method:q}"
+        " --seed {wildcards.seed:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule transfer:
@@ -60,8 +60,8 @@ rule transfer:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} eval transfer --target {wildcards.dataset} --method {wildcards.method}"
-        " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+        "clusterssl --params {params.file:q} eval transfer --target {wildcards.dataset:q} --method {wildcards.method:q}"
+        " --seed {wildcards.seed:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule semisup:
@@ -85,5 +85,5 @@ rule semisup:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} eval semisup --fraction {wildcards.fraction} --method {wildcards.method}"
-        " --seed {wildcards.seed} --threads {threads} > {log} 2>&1"
+        "clusterssl --params {params.file:q} eval semisup --fraction {wildcards.fraction:q} --method {wildcards.method:q}"
+        " --seed {wildcards.seed:q} --threads {threads} > {log:q} 2>&1"

@@ -19,5 +19,5 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} pretrain --method {wildcards.method} --seed {wildcards.seed}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        "clusterssl --params {params.file:q} pretrain --method {wildcards.method:q} --seed {wildcards.seed:q}"
+        " --threads {threads} --no-progress > {log:q} 2>&1"

@@ -33,4 +33,4 @@ rule report:
     conda:
         ENV
     shell:
-        "clusterssl --params {params.file} report --reference {input.reference} > {log} 2>&1"
+        "clusterssl --params {params.file:q} report --reference {input.reference:q} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..io import UserError, atomic_dir, file_sha256, read_json, write_json
 from .registry import SOURCES, describe, refresh, use_plugins, with_plugins  # noqa: F401 (the package's interface)
-from .shards import ShardedSplit, has_shards
+from .shards import ShardedSplit, has_shards, index_file
 
 # SOURCES: name -> source (registry.py lists what a source provides); filled at the end of this
 # file, once the names a dataset module may import from here exist. Sources with SHARDED = True
@@ -110,30 +110,75 @@ class Split:
 
 def load_prepared(prepared_dir: Path, split: str, limit: int | None = None) -> Split | ShardedSplit:
     """An in-memory Split, or a ShardedSplit where `prepare` wrote shards (`limit` then unused:
-    presets for sharded data train on every image)."""
+    presets for sharded data train on every image). Checked against meta.json before use: the
+    file's SHA-256, the images' dtype and shape, the labels' type, count and range."""
+    prepared_dir = Path(prepared_dir)
+    fix = f"delete {prepared_dir} and run `clusterssl data prepare` again"
     if has_shards(prepared_dir, split):
         sharded = ShardedSplit(prepared_dir, split)
         if limit is not None and limit < len(sharded):
             raise UserError(f"{prepared_dir}: prepared in shards, which are read whole; set data.max_train and "
                             "eval.max_train to null for this dataset")
+        check_labels(index_file(prepared_dir, split), split, sharded.labels, len(sharded), _prepared_meta(prepared_dir, fix), fix)
         return sharded
-    f = Path(prepared_dir) / f"{split}.npz"
+    f = prepared_dir / f"{split}.npz"
     if not f.exists():
         raise UserError(f"{f}: prepared data not found; run `clusterssl data prepare` first")
-    fix = f"delete {Path(prepared_dir)} and run `clusterssl data prepare` again"
-    expected = load_meta(prepared_dir).get("sha256", {}).get(f.name) if (Path(prepared_dir) / "meta.json").exists() else None
-    if expected is not None and file_sha256(f) != expected:
+    meta = _prepared_meta(prepared_dir, fix)
+    expected = meta.get("sha256", {}).get(f.name)
+    if expected is None:  # a folder prepared before checksums: nothing says the file is the one prepared
+        raise UserError(f"{prepared_dir / 'meta.json'}: records no SHA-256 of {f.name} (written by an older clusterssl); {fix}")
+    if file_sha256(f) != expected:
         raise UserError(f"{f}: changed or damaged since it was prepared (SHA-256 differs from meta.json); {fix}")
     try:
         with np.load(f, allow_pickle=False) as z:
             images, labels = z["images"], z["labels"]
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
         raise UserError(f"{f}: not a prepared split ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
+    check_images(f, images, meta, fix)
+    check_labels(f, split, labels, len(images), meta, fix)
     if limit is not None and limit < len(labels):
         # a fixed, class-stratified-by-shuffle subset so quick runs still see every class
         idx = np.random.default_rng(0).permutation(len(labels))[:limit]
         images, labels = images[np.sort(idx)], labels[np.sort(idx)]
     return Split(images, labels)
+
+
+def _prepared_meta(prepared_dir: Path, fix: str) -> dict:
+    """meta.json of a prepared folder, with what load_prepared checks a split against."""
+    path = prepared_dir / "meta.json"
+    if not path.exists():
+        raise UserError(f"{path}: not found, so the prepared splits beside it cannot be checked; {fix}")
+    meta = read_json(path)
+    missing = [k for k in ("classes", "image_shape") if k not in meta]
+    if missing:
+        raise UserError(f"{path}: has no {' or '.join(missing)} (written by an older clusterssl); {fix}")
+    return meta
+
+
+def check_images(f: Path, images: np.ndarray, meta: dict, fix: str) -> None:
+    """uint8 N x H x W x C with meta.json's H, W, C: uint8 needs no finiteness check, and a float
+    array (which could hold NaN) is refused by its dtype."""
+    shape = tuple(meta["image_shape"])
+    if images.dtype != np.uint8:
+        raise UserError(f"{f}: its images are {images.dtype}, not uint8; {fix}")
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise UserError(f"{f}: its images have shape {images.shape}, not N x {' x '.join(map(str, shape))} "
+                        f"(meta.json's image_shape); {fix}")
+
+
+def check_labels(f: Path, split: str, labels: np.ndarray, count: int, meta: dict, fix: str) -> None:
+    """1-D integer labels, one per image, each a class of meta.json's list; splits other than
+    train and test may mark an image unlabelled with -1 (STL-10's unlabeled)."""
+    classes, lowest = len(meta["classes"]), 0 if split in ("train", "test") else -1
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise UserError(f"{f}: its labels are a {labels.dtype} array of shape {labels.shape}, not 1-D integers; {fix}")
+    if len(labels) != count:
+        raise UserError(f"{f}: holds {count} images but {len(labels)} labels; {fix}")
+    outside = (labels < lowest) | (labels >= classes)
+    if outside.any():
+        raise UserError(f"{f}: {int(outside.sum()):,} of {len(labels):,} labels are outside {lowest}..{classes - 1} (meta.json "
+                        f"lists {classes} classes), the first {labels[outside][0]} at index {int(np.flatnonzero(outside)[0])}; {fix}")
 
 
 def load_meta(prepared_dir: Path) -> dict:

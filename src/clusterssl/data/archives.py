@@ -1,7 +1,7 @@
 """Unpacking dataset archives and listing image folders, for the datasets that come that way.
 
 Both refuse input that would go wrong silently: an archive member that would land outside the
-folder it is extracted into (`../x`, `/etc/x`, a link pointing out, a device file), and an image
+folder it is extracted into (`../x`, `/etc/x`, any link, a device file), and an image
 folder that lacks one of the classes the dataset defines (its labels would all shift by one)."""
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def extract(archive: Path, dest: Path) -> list[str]:
             for member in members:
                 if _escapes(member.name):  # the filter below would strip a leading '/': refuse it instead
                     raise _refuse(archive, member.name, "is refused (it would be written outside the target folder)")
+                if member.issym() or member.islnk():
+                    # no dataset archive holds links, and a chain of them (a -> ., a/b -> ..) passes a
+                    # member-by-member check, escaping only once the first is on disk
+                    raise _refuse(archive, member.name, f"is refused (a {'symbolic' if member.issym() else 'hard'} link "
+                                  f"to '{member.linkname}'; dataset archives hold none)")
                 try:
                     # the rules of Python's "data" filter (PEP 706): no absolute paths, no '..',
                     # no links out of dest, no device files

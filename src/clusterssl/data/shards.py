@@ -15,6 +15,7 @@ import io
 import random
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -30,6 +31,31 @@ def index_file(prepared_dir: Path, split: str) -> Path:
     return Path(prepared_dir) / f"{split}.shards.json"
 
 
+def shard_url(path: Path) -> str:
+    """The `file:` URL WebDataset reads the shard at `path` from. WebDataset takes a string as a URL,
+    and a path that reads as one (`pipe:...`) would run a shell command; it opens the URL's path as
+    it stands, so a path it would cut short (at `#` or `?`, or with a tab or line break) is refused."""
+    path = Path(path).resolve()
+    url = "file://" + str(path)
+    if urlparse(url).path != str(path):
+        raise UserError(f"{path}: WebDataset cannot read a shard whose path holds '#', '?', a tab or a line break; "
+                        "move paths.data to a folder without them")
+    return url
+
+
+def _shard_writer(path: Path):
+    """A TarWriter into the file at `path`, opened here: given the path as a string, WebDataset
+    would read it as a URL (`pipe:...` runs a shell command)."""
+    import webdataset as wds
+
+    return wds.TarWriter(open(path, "wb"), encoder=False)
+
+
+def _close(writer) -> None:
+    writer.close()
+    writer.stream.close()  # a TarWriter closes only the files it opened itself
+
+
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     from PIL import Image
 
@@ -41,23 +67,21 @@ def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
 def write_split(prepared_dir: Path, split: str, images: Iterable[np.ndarray], labels: np.ndarray, shard_size: int = SHARD_SIZE) -> dict:
     """Write `images` (uint8 H x W x 3 arrays, in index order) with `labels` as shards of
     `split` into the (temporary) folder `prepared_dir`; returns what the index file holds."""
-    import webdataset as wds
-
     folder = Path(prepared_dir) / split
     folder.mkdir(parents=True)
     shards, writer, total, sums, squares = [], None, 0, 0.0, 0.0
     for i, image in enumerate(images):
         if i % shard_size == 0:
             if writer is not None:
-                writer.close()
+                _close(writer)
             shards.append({"name": f"shard-{len(shards):06d}.tar", "count": 0})
-            writer = wds.TarWriter(str(folder / shards[-1]["name"]), encoder=False)
+            writer = _shard_writer(folder / shards[-1]["name"])
         writer.write({"__key__": f"{i:09d}", "jpg": encode_jpeg(image), "cls": str(int(labels[i])).encode(), "index": str(i).encode()})
         shards[-1]["count"] += 1
         pixels = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255
         sums, squares, total = sums + pixels.sum(0), squares + (pixels**2).sum(0), total + len(pixels)
     if writer is not None:
-        writer.close()
+        _close(writer)
     if sum(s["count"] for s in shards) != len(labels):
         raise UserError(f"{split}: {sum(s['count'] for s in shards)} images for {len(labels)} labels")
     for s in shards:
@@ -94,12 +118,13 @@ class ShardedSplit:
             index = read_json(f)
             self.labels = np.asarray(index["labels"], dtype=np.int64)
             self.pixel_mean, self.pixel_std = index["pixel_mean"], index["pixel_std"]
-            self.urls = [str(Path(prepared_dir) / split / s["name"]) for s in index["shards"]]
-            for s, url in zip(index["shards"], self.urls):
-                if not Path(url).is_file() or file_sha256(Path(url)) != s["sha256"]:
-                    raise UserError(f"{url}: missing, changed or damaged since it was prepared (SHA-256 differs from {f}); {fix}")
+            files = [Path(prepared_dir) / split / s["name"] for s in index["shards"]]
+            for s, path in zip(index["shards"], files):
+                if not path.is_file() or file_sha256(path) != s["sha256"]:
+                    raise UserError(f"{path}: missing, changed or damaged since it was prepared (SHA-256 differs from {f}); {fix}")
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{f}: not a shard index ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
+        self.urls = [shard_url(path) for path in files]
         self.split, self.workers = split, workers
 
     def __len__(self) -> int:

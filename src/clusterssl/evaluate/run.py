@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from .. import paths, registry
-from ..io import UserError, write_json
+from ..io import UserError, file_sha256, write_json
 from ..registry import protocol
-from .features import load_features
+from .features import checked_features
 from .metrics import clustering_scores
 from .protocols import kmeans_clustering, knn, select_and_probe
 
@@ -79,12 +79,14 @@ def evaluate(params: dict, protocol: str, method: str, seed: int, threads: int |
         dataset, name, settings = target, paths.transfer_name(target), {"linear": cfg["linear"], "knn": cfg["knn"]}
     else:
         dataset, name, settings = params["dataset"], protocol, cfg[protocol]
-    f = load_features(paths.features_file(params, method, seed, dataset))
+    features, f = checked_features(params, method, seed, dataset)
     t0 = time.time()
     result = (_transfer if protocol == "transfer" else registry.protocol_function(protocol))(f, cfg, seed)
     out = paths.metrics_file(params, method, seed, name)
+    # what the numbers came from, which the report checks against the folder the file is in
     write_json(out, {
         "dataset": dataset, "pretrained_on": params["dataset"], "method": method, "seed": seed, "protocol": protocol,
+        "evaluation": name, "features_sha256": file_sha256(features), "checkpoint_sha256": f["provenance"]["checkpoint_sha256"],
         "settings": settings, "num_train": int(len(f["train_labels"])), "num_test": int(len(f["test_labels"])),
         "seconds": round(time.time() - t0, 2), "metrics": result,
     })

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from .. import paths
 from ..augment import normalise, random_resized_crop
-from ..data import load_prepared
+from ..data import load_meta, load_prepared
 from ..data.splits import load_split
-from ..io import write_json
+from ..io import file_sha256, write_json
 from .features import raw_features
 from .protocols import held_out_split, select_and_probe
 
@@ -104,8 +104,9 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
     prepared = paths.prepared_dir(params, dataset)
     train, test = load_prepared(prepared, "train"), load_prepared(prepared, "test")
     subset = load_split(paths.split_file(params, dataset, fraction, seed), len(train))
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    num_classes = len(load_meta(prepared)["classes"])  # load_prepared checked every label against it
     t0 = time.time()
+    made_by = method  # the baselines start from no checkpoint: raw_pixels, scratch
     if method == paths.RAW_PIXELS:
         lin = params["eval"]["linear"]
         # the same number of optimiser steps as fine-tuning: a few epochs of a tiny subset underfit
@@ -130,11 +131,13 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
         else:
             model, state = load_trained(params, method, seed, device)
             backbone, mean, std = model.eval_encoder(), state["mean"].to(device), state["std"].to(device)
+            made_by = file_sha256(paths.run_files(params, method, seed)[0])
         result = select_and_finetune(backbone.to(device), train_x, train_y, test_x, test_y, num_classes, mean, std, cfg, seed, amp, params["eval"]["batch_size"])
         settings = cfg
     out = paths.metrics_file(params, method, seed, paths.semisup_name(fraction))
     write_json(out, {
-        "dataset": dataset, "method": method, "seed": seed, "protocol": "semisup", "fraction": fraction,
+        "dataset": dataset, "pretrained_on": dataset, "method": method, "seed": seed, "protocol": "semisup", "fraction": fraction,
+        "evaluation": paths.semisup_name(fraction), "checkpoint_sha256": made_by,
         "settings": settings, "num_train": int(len(subset)), "num_test": int(len(test)),
         "subset_sha256": hashlib.sha256(np.ascontiguousarray(subset, dtype=np.int64).tobytes()).hexdigest(),
         "seconds": round(time.time() - t0, 2), "metrics": result,

@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from .. import paths, registry
-from ..io import UserError, read_json, write_json, write_text
+from ..io import UserError, atomic_dir, read_json, remove_stale_temporaries, write_json, write_text
 from . import tables
 from .figures import FIGURES, ReportInputs
 from .stats import paired_difference, t_interval
@@ -52,6 +52,34 @@ def _dig(d: dict, keys: tuple):
     return d
 
 
+#: what a metrics file records of where its numbers came from (older files have none of it)
+METRICS_PROVENANCE = ("method", "seed", "pretrained_on", "evaluation", "checkpoint_sha256")
+
+
+def eval_command(evaluation: str, method: str, seed: int) -> str:
+    """The `clusterssl eval` command that writes the metrics file `evaluation` (paths.metrics_file)."""
+    if evaluation.startswith(paths.transfer_name("")):
+        return f"clusterssl eval transfer --target {evaluation.removeprefix(paths.transfer_name(''))} --method {method} --seed {seed}"
+    if evaluation.startswith(paths.semisup_name("")):
+        return f"clusterssl eval semisup --fraction {evaluation.removeprefix(paths.semisup_name(''))} --method {method} --seed {seed}"
+    return f"clusterssl eval {evaluation} --method {method} --seed {seed}"
+
+
+def read_metrics(params: dict, method: str, seed: int, evaluation: str) -> dict:
+    """The "metrics" of a metrics file, refused unless the file says it holds what its folder and
+    name say: that evaluation of that method and seed, pretrained on this dataset."""
+    f = paths.metrics_file(params, method, seed, evaluation)
+    record, fix = read_json(f), f"re-run `{eval_command(evaluation, method, seed)}`"
+    missing = [k for k in METRICS_PROVENANCE if k not in record]
+    if missing:
+        raise UserError(f"{f}: records no {', '.join(missing)} (written by an older clusterssl); {fix}")
+    held = {k: record[k] for k in ("method", "seed", "pretrained_on", "evaluation")}
+    if held != {"method": method, "seed": seed, "pretrained_on": params["dataset"], "evaluation": evaluation}:
+        raise UserError(f"{f}: holds {held['evaluation']} metrics of {held['method']} seed {held['seed']} pretrained on "
+                        f"{held['pretrained_on']}, not {evaluation} metrics of {method} seed {seed} pretrained on {params['dataset']}; {fix}")
+    return record["metrics"]
+
+
 def collect(params: dict, methods: list[str] | None = None, evaluations: set[str] | None = None) -> pd.DataFrame:
     """One row per (method, seed) with every metric, read from the metrics JSON files, for
     `methods` (default: every row of the report) and `evaluations` (default: all; the columns of
@@ -60,7 +88,7 @@ def collect(params: dict, methods: list[str] | None = None, evaluations: set[str
     for method in paths.report_rows(params) if methods is None else methods:
         for seed in params["seeds"]:
             row = {"method": method, "seed": seed}
-            files = {e: read_json(paths.metrics_file(params, method, seed, e))["metrics"] for e in paths.evaluations(params, method)
+            files = {e: read_metrics(params, method, seed, e) for e in paths.evaluations(params, method)
                      if evaluations is None or e in evaluations}
             for col, evaluation, keys, pct, _ in columns(params):
                 value = _dig(files[evaluation], keys) if evaluation in files else None
@@ -284,10 +312,14 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
     runs = collect(params)
     summary = summarise(runs)
     runs_cfg = run_configs(params)
-    parts = write_tables(params, runs, summary, runs_cfg, reference, out)
-    write_figures(params, parts.pop("efficiency"), out)
     first = runs_cfg[paths.methods(params)[0]]
-    write_text(out / "index.md", index_markdown(params, reference, out, first["backbone"], first["pretrain"]["epochs"], **parts))
+    # built beside and swapped in whole: a kill or a full disk leaves the previous report (or
+    # none), never new tables beside old figures; what a killed build left beside goes first
+    remove_stale_temporaries(out.parent, f".{out.name}.*.tmp")
+    with atomic_dir(out) as building:
+        parts = write_tables(params, runs, summary, runs_cfg, reference, building)
+        write_figures(params, parts.pop("efficiency"), building)
+        write_text(building / "index.md", index_markdown(params, reference, out, first["backbone"], first["pretrain"]["epochs"], **parts))
     return out
 
 

@@ -57,10 +57,12 @@ class ReportInputs:
     @cached_property
     def features(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """(test features, test labels) of each encoder (raw pixels, then each method), first seed."""
+        from ..evaluate.features import checked_features  # the evaluations' checks: shape, finite, provenance
+
         out = {}
         for m in paths.evaluated_methods(self.params):
-            with np.load(paths.features_file(self.params, m, self.seed)) as z:
-                out[m] = (z["test_features"], z["test_labels"])
+            _, f = checked_features(self.params, m, self.seed, self.params["dataset"])
+            out[m] = (f["test_features"], f["test_labels"])
         return out
 
     @cached_property
