@@ -303,6 +303,10 @@ def test_entry_point_exit_status(tmp_path):
     r = subprocess.run([str(_entry_point()), "--params", "missing.yaml", "data", "fetch"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 2
     assert "missing.yaml" in r.stderr and "Traceback" not in r.stderr
+    # CLUSTERSSL_DEBUG=1: the same error with its traceback, for a bug report
+    r = subprocess.run([str(_entry_point()), "--params", "missing.yaml", "data", "fetch"], capture_output=True, text=True,
+                       cwd=tmp_path, env={**env, "CLUSTERSSL_DEBUG": "1"}, timeout=60)
+    assert r.returncode != 0 and "Traceback" in r.stderr and "missing.yaml" in r.stderr
 
 
 # --- semi-supervised and transfer ---------------------------------------------------------------

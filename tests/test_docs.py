@@ -207,3 +207,10 @@ def test_readme_is_a_users_guide_not_a_lab_notebook():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 200
     assert not re.findall(r"\b20\d\d-\d\d-\d\d\b|\bissue \d+|\bround \d\b", text, flags=re.IGNORECASE)
+
+
+def test_the_readme_counts_the_faults_that_docs_reliability_md_lists():
+    rows = [line for line in (ROOT / "docs/reliability.md").read_text().splitlines() if line.startswith("| ")]
+    faults = len(rows) - 2  # the header and its rule
+    counted = re.search(r"(\d+) faults tried", (ROOT / "README.md").read_text())
+    assert counted and int(counted.group(1)) == faults, f"README.md should say {faults} faults tried"
