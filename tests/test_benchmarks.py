@@ -3,9 +3,13 @@ augmentation as clusterssl.augment, and the scripts run on the tiny preset."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import importlib.util
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +85,44 @@ def test_benchmarks_run_on_the_tiny_preset(tmp_path):
     assert backbones.returncode == 0, backbones.stderr[-3000:]
     first = backbones.stdout.splitlines()[1]  # the ratios are to the preset's own backbone
     assert "x 1.00" in first and "channels [16, 16, 32, 32], cifar stem" in first, backbones.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightly") is None,
+                    reason="lightly is not installed: benchmarks/peers.py compares with it (pip install -e '.[bench]')")
+def test_peers_runs_both_pipelines_on_a_few_steps_and_prints_the_ratios(tmp_path):
+    """benchmarks/peers.py on the tiny preset, a few steps and one short epoch each: it runs every
+    part (steps with and without loader workers, epochs, the shared probe) and prints the ratios."""
+    from clusterssl import data, paths
+    from clusterssl.config import load_params
+
+    params_file = preset_in(tmp_path, eval__linear__epochs=2, eval__linear__lr=[0.01])
+    params = load_params(params_file)
+    data.fetch("digits", paths.raw_dir(params, "digits"))
+    data.prepare("digits", paths.raw_dir(params, "digits"), paths.prepared_dir(params, "digits"))
+    peers = subprocess.run([sys.executable, ROOT / "benchmarks" / "peers.py", "--params", params_file, "--steps", "1", "--turns", "1",
+                            "--batch", "32", "--max-train", "64", "--epochs", "1", "--workers", "0", "1"],
+                           capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, cwd=ROOT)  # one thread: no spinning on a busy CI machine
+    assert peers.returncode == 0, peers.stderr[-3000:]
+    out = peers.stdout
+    assert "lightly 1." in out and "SimCLRTransform" in out and "solo-learn" in out, out
+    for line in ("ratio, step: clusterssl", "x the images/s of lightly, 0 workers", "x the images/s of lightly, 1 workers",
+                 "ratio, model step alone: clusterssl", "ratio, data + augmentation alone: clusterssl",
+                 "share, clusterssl: data loading + augmentation", "share, lightly, 0 workers: data loading + augmentation",
+                 "share, lightly, 1 workers: waiting for the loader", "ratio, epoch: clusterssl"):
+        assert line in out, f"{line!r} missing from:\n{out}"
+    assert re.search(r"linear probe after 1 equal epochs .*: clusterssl \d+\.\d\d %, lightly \d+\.\d\d %", out), out
+
+
+def test_shard_reader_reads_every_image_of_an_epoch_and_prints_images_per_worker(monkeypatch, capsys):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    shard_reader = importlib.import_module("shard_reader")
+    image = shard_reader.photo_like(np.random.default_rng(0), 40)
+    assert image.shape == (40, 40, 3) and image.dtype == np.uint8 and image.std() > 10  # not flat: JPEG has work to do
+    rows = shard_reader.main(["--sizes", "24", "--images", "300", "--batch", "50", "--rounds", "1", "--demand", "1000"])
+    out = capsys.readouterr().out
+    assert "| px | JPEG KiB | workers | images/s | images/s per worker | workers for 1,000 images/s |" in out
+    (row,) = rows
+    assert row["px"] == 24 and row["workers"] == 1 and row["images_per_s"] > 0
+    assert row["workers_for_demand"] == math.ceil(1000 / row["per_worker"])

@@ -96,6 +96,42 @@ def test_finetuning_trains_the_backbone_and_leaves_the_callers_copy_alone(tiny_b
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
+def test_finetuning_in_channels_last_trains_in_that_layout_and_chooses_as_contiguous_does(tiny_backbone):
+    from clusterssl.evaluate.semisup import finetune, select_and_finetune
+
+    xtr, ytr = _pattern_images(96, 0)
+    xte, yte = _pattern_images(60, 1)
+    mean, std = torch.tensor([0.4]), torch.tensor([0.3])
+    model = finetune(tiny_backbone(), xtr, ytr, 3, mean, std, SEMISUP_CFG, 0.05, 0, False, torch.channels_last)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    run = lambda fmt: select_and_finetune(tiny_backbone(), xtr, ytr, xte, yte, 3, mean, std, SEMISUP_CFG, 0, False, 64, memory_format=fmt)
+    ours, plain = run(torch.channels_last), run(None)
+    # the same arithmetic in another layout: other kernels, equal up to rounding
+    assert ours["lr"] == plain["lr"] == 0.05 and abs(ours["top1"] - plain["top1"]) <= 0.05, (ours, plain)
+
+
+@pytest.mark.parametrize("channels_last, expected", [(True, torch.channels_last), (False, torch.contiguous_format)])
+def test_semisup_fine_tunes_in_the_layout_pretraining_trains_in(tmp_path, monkeypatch, channels_last, expected):
+    from clusterssl import data, paths
+    from clusterssl.config import validate
+    from clusterssl.data.splits import write_split
+    from clusterssl.evaluate import semisup
+    from conftest import preset_params
+
+    params = preset_params("tiny")
+    params["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
+    params["pretrain"]["channels_last"] = channels_last
+    validate(params)
+    data.fetch("digits", paths.raw_dir(params, "digits"))
+    prepared = data.prepare("digits", paths.raw_dir(params, "digits"), paths.prepared_dir(params, "digits"))
+    write_split(data.load_prepared(prepared, "train").labels, 0.1, 0, paths.split_file(params, "digits", 0.1, 0))
+    asked = []
+    monkeypatch.setattr(semisup, "select_and_finetune", lambda *a, memory_format=None, **k: asked.append(memory_format) or {"top1": 0.0})
+    semisup.semisup(params, paths.SCRATCH, 0, 0.1, threads=1)
+    assert asked == [expected]
+
+
 # --- transfer -----------------------------------------------------------------------------------
 def test_match_shape_resizes_and_converts_channels():
     grey8 = np.full((2, 8, 8, 1), 200, np.uint8)

@@ -26,7 +26,8 @@ def _facts(figs: dict) -> dict:
 
 
 def _dvc_plots(text: str) -> list[str]:
-    return [next(iter(p)) for p in yaml.safe_load(text)["stages"]["report"]["plots"]]
+    # a plot is its path, or {path: {options}}
+    return [p if isinstance(p, str) else next(iter(p)) for p in yaml.safe_load(text)["stages"]["report"]["plots"]]
 
 
 def test_declared_figures_are_the_reports_figure_files_and_its_dvc_plots():

@@ -26,7 +26,8 @@ PACKAGE = "clusterssl"
 #: - runtime (device policy, seeds, preemption, checkpoints, the run's config), optim (optimisers,
 #:   learning-rate schedule) and knn (the weighted k-NN the training monitor and the evaluation share)
 #:   sit below train, so that evaluate reads checkpoints without the training loop and the loop's
-#:   monitor never reaches up into evaluate.
+#:   monitor never reaches up into evaluate. live (the live training curves, through dvclive) sits
+#:   with them: train writes through it and dvcgen reads its file layout.
 #: - tune (hyper-parameter search: pretrains and evaluates candidates), readme (the README's result
 #:   tables, from a report's files) and dvcgen (dvc.yaml, from stages and paths) sit beside report:
 #:   tools the CLI runs, which nothing else in the package imports.
@@ -34,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("io", "stages", "registry", "distributed", "cluster"),
     ("data", "paths", "config", "paramdoc"),
     ("augment", "backbones", "methods"),
-    ("runtime", "optim", "knn"),
+    ("runtime", "optim", "knn", "live"),
     ("train",),
     ("evaluate",),
     ("report", "tune", "readme", "dvcgen"),

@@ -346,6 +346,68 @@ def test_cuda_runs_deterministic_kernels_and_cpu_runs_are_left_alone(kernel_swit
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
+def test_pretrain_deterministic_false_lets_cuda_autotune_and_either_value_resets_the_switches(kernel_switches, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    assert runtime.use_device("cpu", deterministic=False).type == "cpu"  # CPU: left as it was
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runtime.use_device("auto", deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    runtime.use_device("auto")  # the default, after the other mode in the same process
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    # the params key: a params file written before it existed asks for today's deterministic kernels
+    assert runtime.deterministic_kernels({}) and runtime.deterministic_kernels({"deterministic": True})
+    assert not runtime.deterministic_kernels({"deterministic": False})
+
+
+def _kernels_run(params: dict, folder: Path, deterministic, monkeypatch) -> tuple[dict, pd.DataFrame, dict, list]:
+    """A tiny SimCLR pretraining with `pretrain.deterministic` set to `deterministic` (None: left
+    out); its weights, history, config.json and what the loop asked use_device for."""
+    params = {**params, "paths": {**params["paths"], "results": str(folder)}, "pretrain": dict(params["pretrain"])}
+    params["pretrain"].pop("deterministic", None)
+    if deterministic is not None:
+        params["pretrain"]["deterministic"] = deterministic
+    validate(params)
+    asked = []
+
+    def use_device(name, deterministic=True):  # the device policy, noting which kernels the loop asked for
+        asked.append(deterministic)
+        return runtime.use_device(name, deterministic)
+
+    monkeypatch.setattr(train, "use_device", use_device)
+    run = train.pretrain(params, "simclr", 0, threads=1, progress=False)
+    weights = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    return weights, pd.read_csv(run / "history.csv"), json.loads((run / "config.json").read_text()), asked
+
+
+def test_pretrain_deterministic_both_values_run_and_the_default_is_bit_identical_to_leaving_it_out(tiny, tmp_path, monkeypatch,
+                                                                                                    kernel_switches):
+    assert yaml.safe_load((ROOT / "params.yaml").read_text())["pretrain"]["deterministic"] is True  # the default
+    runs = {value: _kernels_run(tiny, tmp_path / str(value), value, monkeypatch) for value in (None, True, False)}
+    numbers = lambda h: h.drop(columns=["seconds", "images_per_s"])
+    (unset, unset_history, unset_config, _), (default, default_history, default_config, _) = runs[None], runs[True]
+    assert unset.keys() == default.keys() and all(torch.equal(unset[k], default[k]) for k in unset)
+    pd.testing.assert_frame_equal(numbers(unset_history), numbers(default_history))
+    assert "deterministic" not in unset_config["pretrain"] and default_config["pretrain"]["deterministic"] is True
+    autotuned, autotuned_history, autotuned_config, _ = runs[False]
+    assert autotuned_config["pretrain"]["deterministic"] is False and autotuned_history["loss"].notna().all()
+    # the loop hands the value to the device policy (on a GPU it picks the kernels; a CPU has one kind)
+    assert [r[3] for r in runs.values()] == [[True], [True], [False]]
+    if autotuned_config["device"] == "cpu":
+        assert all(torch.equal(unset[k], autotuned[k]) for k in unset)
+    # the report's run record says which kernels each run's config.json records
+    from clusterssl.report import kernels_text
+
+    assert kernels_text({"carl": unset_config, "simclr": default_config}).startswith("deterministic, every method")
+    assert kernels_text({"carl": default_config, "simclr": autotuned_config}).startswith("deterministic: carl; autotuned: simclr")
+
+
 def test_nan_stops_naming_epoch_step_and_term_and_keeps_the_last_checkpoint(tiny, monkeypatch):
     from clusterssl.methods.base import get_method
 

@@ -150,6 +150,12 @@ def cmd_exp_args(args):
         print("-S", shlex.quote(override))
 
 
+def cmd_dvc_adopt(args):
+    from .dvcgen import adopt
+
+    print(adopt(args.params, args.preset))
+
+
 def cmd_docs(args):
     from .io import write_text
     from .paramdoc import render
@@ -260,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("exp-args", help="a preset as `dvc exp run -S` arguments: clusterssl exp-args PRESET | xargs dvc exp run")
     s.add_argument("presets", nargs="+", metavar="PRESET", help="preset files (config/presets/*.yaml), merged onto --params in turn")
     s.set_defaults(fn=cmd_exp_args)
+
+    s = sub.add_parser("dvc-adopt", help="after a Snakemake run: write its presets (--preset, as given to --configfile) into "
+                       "params.yaml and record its outputs in dvc.lock, so that `dvc repro` re-runs nothing")
+    s.set_defaults(fn=cmd_dvc_adopt)
 
     s = sub.add_parser("readme", help="the README's results table NAME, generated from a report (docs/results/NAME.csv, .yaml)")
     s.add_argument("name", help="the table's name, e.g. default: README markers <!-- results: NAME --> ... <!-- /results: NAME -->")

@@ -63,6 +63,13 @@ def run_files(params: dict, method: str, seed: int) -> list[Path]:
     return [d / "checkpoint.pt", d / "history.csv", d / "config.json"]
 
 
+def live_dir(params: dict, method: str, seed: int) -> Path:
+    """A run's live training curves (clusterssl.live: dvclive's files, written as each epoch ends).
+    Beside the run folder, not in it: that folder holds the run's outputs only, which the report
+    and the evaluations read whole."""
+    return results_dir(params) / "live" / params["dataset"] / method / f"seed{seed}"
+
+
 def features_file(params: dict, method: str, seed: int, dataset: str | None = None) -> Path:
     dataset = dataset or params["dataset"]
     return results_dir(params) / "features" / params["dataset"] / method / f"seed{seed}" / f"{dataset}.npz"

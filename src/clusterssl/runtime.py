@@ -1,7 +1,8 @@
 """How a pretraining run runs and what it leaves, for the training loop and for everything that
 reads a trained encoder back (evaluate): the config a run reads, the device policy (deterministic
-CUDA kernels, bf16 autocast), seeds, SIGTERM handling, and its checkpoint files, loaded with
-`weights_only=True` and checked against the current params before use."""
+CUDA kernels unless `pretrain.deterministic` is false, bf16 autocast), seeds, SIGTERM handling,
+and its checkpoint files, loaded with `weights_only=True` and checked against the current params
+before use."""
 from __future__ import annotations
 
 import io
@@ -65,17 +66,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def use_device(name: str) -> torch.device:
+def deterministic_kernels(tcfg: dict) -> bool:
+    """Whether a run's `pretrain` section asks for deterministic CUDA kernels: `deterministic`,
+    true where a params file written before the key existed leaves it out (today's behaviour)."""
+    return tcfg.get("deterministic", True)
+
+
+def use_device(name: str, deterministic: bool = True) -> torch.device:
     """The device `pretrain.device` names, with CUDA switched to deterministic kernels so that a
     GPU run repeats, and resumes, bit for bit as a CPU run does: no cuDNN autotuning (each
     process may pick other convolution algorithms), deterministic cuDNN, cuBLAS and scatter
     kernels (CoKe's `index_add_`). On an H200 a step ran at 0.77-0.95x the speed of autotuned
-    kernels (docs/gpu.md). CPU kernels are deterministic already and are left as they are."""
+    kernels (docs/gpu.md), so `deterministic=False` (`pretrain.deterministic: false`) turns the
+    switches the other way: cuDNN autotunes, CUDA runs its default kernels, and a run repeats to
+    rounding only. The switches are global and set both ways, so that a process that ran one
+    mode before runs the one asked for now. CPU kernels are deterministic already and are left
+    as they are either way."""
     device = pick_device(name)
     if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: in a stage's own process, after this
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: in a stage's own process, after this
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
     return device
 
 

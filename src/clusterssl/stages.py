@@ -13,7 +13,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     # each protocol on frozen features (linear, knn, cluster, ...: registry.protocols) reads its eval section
     **{name: ["dataset", "paths", f"eval.{name}"] for name in registry.protocols()},
     "transfer": ["dataset", "paths", "eval.linear", "eval.knn"],
-    "semisup": ["dataset", "paths", "backbone", "pretrain.device", "pretrain.amp", "eval.batch_size", "eval.linear", "eval.semisup"],
+    "semisup": ["dataset", "paths", "backbone", "pretrain.device", "pretrain.amp", "pretrain.channels_last", "eval.batch_size", "eval.linear", "eval.semisup"],
     "report": ["dataset", "methods", "seeds", "paths", "eval.semisup.fractions", "eval.transfer.datasets", "report"],
 }
 

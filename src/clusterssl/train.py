@@ -4,7 +4,8 @@ Linear warm-up then cosine decay (per step, optim.py), seeds, AMP (bf16 on CUDA)
 optional torch.compile, a checkpoint every N epochs that a re-run resumes from (runtime.py), one
 run at a time in a run folder (a lock, io.py), a tqdm progress bar, and `history.csv` with, per
 epoch, the loss and each of its terms, an online k-NN monitor on a fixed train subset and, for
-methods with prototypes, how many of them the epoch used and how evenly. The run's config
+methods with prototypes, how many of them the epoch used and how evenly; each row also goes to
+the run's live curves as its epoch ends (live.py). The run's config
 resolution (`pretrain_config`, `recipe`) lives in runtime.py, below this module, because loading a
 trained encoder back checks against it too."""
 from __future__ import annotations
@@ -28,10 +29,11 @@ from .config import fingerprint
 from .data import load_meta, load_prepared
 from .io import Preempted, UserError, atomic_path, folder_lock, remove_stale_temporaries, write_json
 from .knn import knn_predict
+from .live import live_log
 from .methods.base import Method
 from .optim import make_optimizer
-from .runtime import (SigtermAtStepBoundary, bf16_autocast, build_method, load_state, pretrain_config, recipe, save_state,
-                      seed_everything, use_device)
+from .runtime import (SigtermAtStepBoundary, bf16_autocast, build_method, deterministic_kernels, load_state, pretrain_config,
+                      recipe, save_state, seed_everything, use_device)
 
 MONITOR_BANK, MONITOR_QUERY = 4000, 1000
 
@@ -161,7 +163,7 @@ def start_process(tcfg: dict, seed: int, threads: int | None) -> tuple[torch.dev
     if threads:
         torch.set_num_threads(threads)
     seed_everything(seed)  # the same on every process: methods' own random draws agree
-    device = use_device(tcfg["device"])
+    device = use_device(tcfg["device"], deterministic_kernels(tcfg))
     device = distributed.init(device.type) or device  # under torchrun: join the group, take this process's GPU
     world, rank = distributed.world_size(), distributed.rank()
     if distributed.launched_by_torchrun() and world != tcfg["processes"]:
@@ -457,9 +459,10 @@ def train_epoch(run: Run, epoch: int, start: Start, sigterm: SigtermAtStepBounda
             "images_per_s": round((run.steps_per_epoch - first_step) * run.batch / dt, 1)}
 
 
-def train_epochs(run: Run, start: Start, monitor: Monitor, progress: bool) -> None:
-    """The epochs from `start` on, each logged to the history, with a resume point every
-    `pretrain.checkpoint_every` epochs and on SIGTERM."""
+def train_epochs(run: Run, start: Start, monitor: Monitor, progress: bool,
+                 log_epoch: Callable[[dict], None] = lambda row: None) -> None:
+    """The epochs from `start` on, each logged to the history (and given to `log_epoch`: the live
+    curves), with a resume point every `pretrain.checkpoint_every` epochs and on SIGTERM."""
     epochs = run.tcfg["epochs"]
     with SigtermAtStepBoundary() as sigterm:
         for epoch in range(start.epoch, epochs):
@@ -468,6 +471,7 @@ def train_epochs(run: Run, start: Start, monitor: Monitor, progress: bool) -> No
             run.history.append({**row, "online_knn20_top1": online_knn(run, monitor), **run.model.take_usage()})
             if run.writer:
                 print(json.dumps(run.history[-1]), flush=True)
+                log_epoch(run.history[-1])
             if (epoch + 1) % run.tcfg["checkpoint_every"] == 0 and epoch + 1 < epochs:
                 state = resume_state(run, epoch=epoch + 1)
                 if run.writer:
@@ -503,7 +507,9 @@ def pretrain(params: dict, method_name: str, seed: int, threads: int | None = No
         run = prepare_run(params, method_name, seed, threads, held)
         start = resume(run)
         monitor = make_monitor(run)
-        train_epochs(run, start, monitor, progress)
+        # live curves from the writer only; a resumed run's are rewritten from its restored history
+        with live_log(paths.live_dir(params, method_name, seed) if run.writer else None, run.history) as log_epoch:
+            train_epochs(run, start, monitor, progress, log_epoch)
         if run.writer:  # one process writes the run's files
             write_outputs(run)
     return run.out

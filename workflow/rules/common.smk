@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from clusterssl import cluster
@@ -89,14 +90,27 @@ def fit_mem_mb(rule, mb):
     return lambda wildcards: cluster.fit(rule, "mem_mb", mb, _node_limits(), f"set-resources: {rule}: mem_mb")
 
 
+def gpu_visible():
+    """Whether this host shows an NVIDIA GPU, as `torch.cuda.is_available()` in the job would,
+    read without importing torch (a second and more per Snakemake start, and per SLURM job):
+    CUDA_VISIBLE_DEVICES set to nothing or -1 hides every GPU; otherwise the driver lists its
+    GPUs under /proc/driver/nvidia/gpus (also inside containers that are given GPUs), or makes
+    /dev/nvidia0, ... where /proc is not shared."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    # the driver's files, not the workflow's: joined from os.sep, as `snakemake --lint` flags
+    # absolute path literals (rightly, for data and results)
+    listed = Path(os.sep, "proc", "driver", "nvidia", "gpus")
+    return (listed.is_dir() and any(listed.iterdir())) or any(Path(os.sep, "dev").glob("nvidia[0-9]*"))
+
+
 def gpus():
     """GPUs a training job asks for when it trains on CUDA ('auto' on a host that sees a GPU):
     one per data-parallel process (pretrain.processes)."""
     device = config["pretrain"]["device"]
     if device == "auto":
-        import torch  # only then: importing torch costs a second per Snakemake start
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if gpu_visible() else "cpu"
     return config["pretrain"]["processes"] if device == "cuda" else 0
 
 

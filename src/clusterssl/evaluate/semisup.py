@@ -34,14 +34,18 @@ from .protocols import held_out_split, select_and_probe
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std, cfg: dict, lr: float, seed: int, amp: bool) -> nn.Module:
+def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, mean, std, cfg: dict, lr: float, seed: int, amp: bool,
+             memory_format: torch.memory_format | None = None) -> nn.Module:
     """Backbone + new linear head trained with cross-entropy on uint8 NCHW `images` (on the
-    training device). `backbone` is modified in place: pass a copy."""
+    training device), weights and batches in `memory_format` where one is given (pretraining's:
+    `pretrain.channels_last`). `backbone` is modified in place: pass a copy."""
     device = images.device
     torch.manual_seed(seed)
     head = nn.Linear(backbone.num_features, num_classes)
     backbone.requires_grad_(True)  # an EMA teacher's copy arrives frozen
     model = nn.Sequential(backbone, head).to(device).train()
+    if memory_format is not None:  # the layout pretraining trains in (pretrain.channels_last), for its faster convolutions
+        model = model.to(memory_format=memory_format)
     groups = [{"params": list(backbone.parameters()), "lr": lr}, {"params": list(head.parameters()), "lr": lr * cfg["head_lr_scale"]}]
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["steps"])
@@ -56,7 +60,7 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
         idx, queue = queue[:batch].to(device), queue[batch:]
         x = random_resized_crop(images[idx].float().div_(255), size, tuple(cfg["crop_scale"]), CROP_RATIO, cfg["flip"], gen)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(normalise(x, mean, std)).float(), labels[idx])
+            loss = F.cross_entropy(model(normalise(x, mean, std, memory_format)).float(), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -65,29 +69,32 @@ def finetune(backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, nu
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int) -> float:
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int,
+             memory_format: torch.memory_format | None = None) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        x = normalise(images[i : i + batch_size].float().div(255), mean, std)
+        x = normalise(images[i : i + batch_size].float().div(255), mean, std, memory_format)
         correct += int((model(x).argmax(1) == labels[i : i + batch_size]).sum())
     return correct / max(1, len(images))
 
 
-def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, num_classes: int, mean, std, cfg: dict, seed: int, amp: bool, eval_batch: int) -> dict:
+def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, num_classes: int, mean, std, cfg: dict, seed: int, amp: bool, eval_batch: int,
+                        memory_format: torch.memory_format | None = None) -> dict:
     """Choose the learning rate on a held-out part of the labelled subset, refit on all of it,
     score on test (the test tensors are used only for that last score)."""
     val_top1 = {}
+    tune = lambda x, y, lr: finetune(copy.deepcopy(backbone), x, y, num_classes, mean, std, cfg, lr, seed, amp, memory_format)
+    score = lambda m, x, y: accuracy(m, x, y, mean, std, eval_batch, memory_format)
     if len(cfg["lr"]) > 1:
         val, fit = (torch.from_numpy(i).to(train_x.device) for i in held_out_split(len(train_x), cfg["val_fraction"], seed))
         for lr in cfg["lr"]:
-            m = finetune(copy.deepcopy(backbone), train_x[fit], train_y[fit], num_classes, mean, std, cfg, lr, seed, amp)
-            val_top1[lr] = accuracy(m, train_x[val], train_y[val], mean, std, eval_batch)
+            val_top1[lr] = score(tune(train_x[fit], train_y[fit], lr), train_x[val], train_y[val])
     best = max(cfg["lr"], key=lambda lr: val_top1.get(lr, 0.0))
-    model = finetune(copy.deepcopy(backbone), train_x, train_y, num_classes, mean, std, cfg, best, seed, amp)
+    model = tune(train_x, train_y, best)
     return {
-        "top1": accuracy(model, test_x, test_y, mean, std, eval_batch),
-        "train_top1": accuracy(model, train_x, train_y, mean, std, eval_batch),
+        "top1": score(model, test_x, test_y),
+        "train_top1": score(model, train_x, train_y),
         "lr": best,
         "val_top1": {str(k): v for k, v in val_top1.items()},
     }
@@ -132,7 +139,9 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
             model, state = load_trained(params, method, seed, device)
             backbone, mean, std = model.eval_encoder(), state["mean"].to(device), state["std"].to(device)
             made_by = file_sha256(paths.run_files(params, method, seed)[0])
-        result = select_and_finetune(backbone.to(device), train_x, train_y, test_x, test_y, num_classes, mean, std, cfg, seed, amp, params["eval"]["batch_size"])
+        fmt = torch.channels_last if params["pretrain"]["channels_last"] else torch.contiguous_format
+        result = select_and_finetune(backbone.to(device), train_x, train_y, test_x, test_y, num_classes, mean, std, cfg, seed, amp,
+                                     params["eval"]["batch_size"], memory_format=fmt)
         settings = cfg
     out = paths.metrics_file(params, method, seed, paths.semisup_name(fraction))
     write_json(out, {

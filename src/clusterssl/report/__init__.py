@@ -262,6 +262,19 @@ def run_configs(params: dict) -> dict[str, dict]:
     return out
 
 
+def kernels_text(runs_cfg: dict) -> str:
+    """The run record's line on which kernels pretraining ran, from each run's config.json
+    (`pretrain.deterministic`; a run made before the key existed ran deterministic ones)."""
+    modes: dict[str, list[str]] = {}
+    for m, c in runs_cfg.items():
+        modes.setdefault("deterministic" if c.get("pretrain", {}).get("deterministic", True) else "autotuned", []).append(m)
+    text = "; ".join(f"{mode}: {', '.join(ms)}" for mode, ms in modes.items()) if len(modes) > 1 else f"{next(iter(modes))}, every method"
+    if {str(c.get("device", "")).split(":")[0] for c in runs_cfg.values()} == {"cpu"}:
+        text += " (these runs trained on the CPU, whose kernels are deterministic either way)"
+    return (f"{text}. Deterministic: no cuDNN autotuning, CUDA runs repeat bit for bit; autotuned "
+            "(`pretrain.deterministic: false`): faster on a GPU, repeatable to rounding only")
+
+
 def write_tables(params: dict, runs: pd.DataFrame, summary: pd.DataFrame, runs_cfg: dict, reference: Path, out: Path) -> dict:
     """The tables: CSV (numbers), Markdown and LaTeX (as printed), and metrics.json; returns
     what index.md shows of them."""
@@ -291,7 +304,7 @@ def write_tables(params: dict, runs: pd.DataFrame, summary: pd.DataFrame, runs_c
     write_json(out / "metrics.json", dvc_metrics(summary, cols))
     counts = ", ".join(f"{n} {v}" for v, n in score["verdict"].value_counts().items())
     return {"main_md": main_md, "intervals_md": intervals_md, "scorecard_md": scorecard_md, "methods_md": methods_md,
-            "counts": counts, "efficiency": efficiency}
+            "counts": counts, "efficiency": efficiency, "kernels": kernels_text(runs_cfg)}
 
 
 def write_figures(params: dict, efficiency: pd.DataFrame, out: Path) -> None:
@@ -324,7 +337,7 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
 
 
 def index_markdown(params: dict, reference: Path, out: Path, backbone: dict, epochs: int, main_md: str, intervals_md: str,
-                   scorecard_md: str, methods_md: str, counts: str) -> str:
+                   scorecard_md: str, methods_md: str, counts: str, kernels: str) -> str:
     """results/report/index.md: how each number was measured, the tables, the figures and the run record."""
     seed0 = params["seeds"][0]
     figures_md = figures_markdown()
@@ -388,6 +401,7 @@ protocol and budget match, otherwise marked not comparable with the reasons:
 
 - Machine: {machine_text}
 - Packages: {versions_text}
+- Pretraining kernels (`pretrain.deterministic`, from each run's config.json): {kernels}
 - Wall time per stage (Snakemake's benchmark files, seconds; DVC writes none):
 
 {walltime_md}
