@@ -136,17 +136,11 @@ def cmd_exp_args(args):
     """The preset as `dvc exp run` arguments: `clusterssl exp-args PRESET | xargs dvc exp run`."""
     import shlex
 
-    from .config import dvc_overrides, load_params, merge, read_yaml_mapping
+    from .config import dvc_overrides, load_params
+    from .dvcgen import preset_overlay
 
     load_params(args.params, *args.preset, *args.presets)  # the merged config must be valid before DVC runs it
-    overlay: dict = {}
-    for preset in (*args.preset, *args.presets):
-        overlay = merge(overlay, read_yaml_mapping(preset, "params"))
-    if overlay.get("methods") == "all":  # DVC's matrix needs the list
-        from .paths import all_methods
-
-        overlay["methods"] = all_methods()
-    for override in dvc_overrides(overlay):
+    for override in dvc_overrides(preset_overlay([*args.preset, *args.presets])):
         print("-S", shlex.quote(override))
 
 
