@@ -71,8 +71,10 @@ def ms_per_call(fns: dict, steps: int, rounds: int = 5) -> dict:
 
 
 def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, compile: bool, reads: bool = True,
-            deterministic: bool = True):
+            deterministic: bool = True, amp: str | None = None):
     cfg = pretrain_config(params, method)
+    if amp:
+        cfg["pretrain"] = {**cfg["pretrain"], "amp": amp}
     torch.manual_seed(0)
     model = build_method(cfg, x.shape[1], 10, 60000).to(x.device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -81,7 +83,7 @@ def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, com
     aug, gen = AugmentConfig.from_params(cfg["augment"]), torch.Generator(x.device).manual_seed(0)
     mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
     train = torch.compile(model.training_step) if compile else model.training_step
-    amp = bf16_autocast(cfg["pretrain"], x.device)
+    autocast = bf16_autocast(cfg["pretrain"], x.device)
     index = torch.arange(len(x), device=x.device)
 
     def step():
@@ -99,7 +101,7 @@ def step_fn(params: dict, method: str, x: torch.Tensor, channels_last: bool, com
 
     def one_step():
         batch = training_batch(make_views(x, model.view_spec, aug, gen), mean, std, fmt)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             terms = train({**batch, "index": index, "epoch": 3})
         loss = terms["loss"]
         if reads:  # as clusterssl.train does every step: the finite check and the running sums
@@ -152,6 +154,7 @@ def main() -> None:
           f"kornia x{theirs / ours:.2f} the time")
 
     preset_cl = params["pretrain"]["channels_last"]
+    preset_amp = bf16_autocast(params["pretrain"], device)
     for method in args.methods or params["methods"]:
         variants = {"the preset (channels_last)" if preset_cl else "the preset (contiguous)": (preset_cl, False, True),
                     "contiguous" if preset_cl else "channels_last": (not preset_cl, False, True),
@@ -160,7 +163,10 @@ def main() -> None:
                     "the preset without the loop's per-step reads of the loss": (preset_cl, False, False),
                     # the loop runs CUDA's deterministic kernels; what autotuned ones would gain (on a CPU
                     # the switches change nothing: a control)
-                    "the preset with cuDNN autotuning, not bit for bit": (preset_cl, False, True, False)}
+                    "the preset with cuDNN autotuning, not bit for bit": (preset_cl, False, True, False),
+                    # bf16 pays only where the CPU has bf16 units (AVX512_BF16, AMX) or on a GPU
+                    f"the preset with bf16 autocast {'off' if preset_amp else 'on'}":
+                        (preset_cl, False, True, True, "fp32" if preset_amp else "bf16")}
         times = ms_per_call({name: step_fn(params, method, x, *v) for name, v in variants.items()}, args.steps, args.rounds)
         ref = next(iter(times.values()))
         print(f"{method}: the augmentation is {ours / ref:.1%} of the preset's step")

@@ -194,3 +194,37 @@ def test_readme_result_blocks_are_generated():
     for name, block in found.items():
         assert block == readme.render(name, ROOT / "docs" / "results"), \
             f"README.md's {name!r} table differs from docs/results/{name}.*: run `clusterssl readme {name}`"
+
+
+# --- (e) the wall-time table ----------------------------------------------------------------------
+WALLTIME = """stage,jobs,total s,longest s
+fetch,2,3.0,2.0
+pretrain,2,960.0,540.0
+eval/semisup_0.1,3,300.0,120.0
+"""
+
+
+def test_cli_renders_a_reports_wall_time_per_rule(tmp_path, capsys):
+    report = make_report(tmp_path / "report")
+    (report / "tables" / "walltime.csv").write_text(WALLTIME)
+    (tmp_path / "README.md").write_text(README)
+    docs = tmp_path / "docs"
+    argv = ["readme", "demo", "--report", str(report), "--table", "walltime", "--command", "time snakemake --cores all",
+            "--readme", str(tmp_path / "README.md"), "--results", str(docs)]
+    assert main(argv) == 0
+    assert "table: walltime" in (docs / "demo.yaml").read_text() and (docs / "demo.csv").read_text() == WALLTIME
+    block = readme.blocks((tmp_path / "README.md").read_text())["demo"]
+    assert block == (f"Measured on {MACHINE} with `time snakemake --cores all`: each rule's jobs, their summed and longest wall time "
+                     "(Snakemake's benchmark files; jobs run side by side, so the sum, 21.1 min, exceeds the run's wall time).\n\n"
+                     "| rule | jobs | total min | longest min | share of job time |\n|---|---|---|---|---|\n"
+                     "| pretrain | 2 | 16.0 | 9.0 | 76 % |\n| eval/semisup_0.1 | 3 | 5.0 | 2.0 | 24 % |\n| fetch | 2 | 0.1 | 0.0 | 0 % |\n")
+    assert readme.render("demo", docs) == block  # what tests/test_readme keeps the README's blocks equal to
+
+
+def test_a_report_without_a_wall_time_table_is_one_line(tmp_path, capsys):
+    report = make_report(tmp_path / "report")
+    (tmp_path / "README.md").write_text(README)
+    argv = ["readme", "demo", "--report", str(report), "--table", "walltime", "--command", "snakemake --cores all",
+            "--readme", str(tmp_path / "README.md"), "--results", str(tmp_path / "docs")]
+    assert main(argv) == 2
+    assert "walltime.csv: not found" in capsys.readouterr().err and not (tmp_path / "docs").exists()

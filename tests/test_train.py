@@ -219,7 +219,24 @@ def test_bf16_autocast_and_channels_last(tiny, method):
     h = pd.read_csv(run / "history.csv")
     assert h["loss"].notna().all() and (h["loss"] > 0).all()
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert json.loads((run / "config.json").read_text())["device"] == expected
+    record = json.loads((run / "config.json").read_text())
+    assert record["device"] == expected and record["autocast"] == "bf16"
+
+
+@pytest.mark.parametrize("units, device, amp, expected", [
+    (True, "cpu", "auto", True), (False, "cpu", "auto", False), (False, "cuda", "auto", True),
+    (True, "cpu", "fp32", False), (True, "cuda", "fp32", False), (False, "cpu", "bf16", True)])
+def test_amp_auto_is_bf16_on_cuda_and_on_cpus_with_bf16_units_only(monkeypatch, units, device, amp, expected):
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: units)
+    assert runtime.bf16_autocast({"amp": amp}, torch.device(device)) is expected
+
+
+def test_the_run_records_the_precision_amp_auto_chose_on_this_machine(tiny):
+    tiny["pretrain"].update(amp="auto", epochs=1)
+    tiny["data"]["max_train"] = 128
+    run = train.pretrain(tiny, "simclr", 0, threads=1, progress=False)
+    chosen = runtime.bf16_autocast(tiny["pretrain"], runtime.pick_device(tiny["pretrain"]["device"]))
+    assert json.loads((run / "config.json").read_text())["autocast"] == ("bf16" if chosen else "fp32")
 
 
 def test_torch_compile(tiny):
@@ -465,6 +482,9 @@ def test_a_methods_recipe_replaces_the_shared_keys_and_is_recorded(tiny):
 
 @pytest.mark.parametrize("method, has_prototypes", [("carl", True), ("swav", True), ("coke", True), ("simclr", False)])
 def test_history_logs_online_knn_and_prototype_use_without_changing_training(tiny, tmp_path, monkeypatch, method, has_prototypes):
+    # the monitor scores 32 images: two epochs can score the same by chance, as SimCLR's did in
+    # bf16; fp32 pins the runs whose monitor moved
+    tiny["pretrain"]["amp"] = "fp32"
     run = train.pretrain(tiny, method, 0, threads=1, progress=False)
     weights = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     h = pd.read_csv(run / "history.csv")

@@ -165,7 +165,7 @@ def cmd_docs(args):
 def cmd_readme(args):
     from .readme import run
 
-    for path in run(args.name, args.readme, args.results, report=args.report, command=args.command):
+    for path in run(args.name, args.readme, args.results, report=args.report, command=args.command, table=args.table):
         print(path)
 
 
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", default=None, help="a report folder (e.g. results/report) to copy into docs/results first; "
                    "without it the block is re-rendered from docs/results")
     s.add_argument("--command", default=None, help="with --report: the command that produced the run, shown beside the table")
+    s.add_argument("--table", default="intervals", choices=["intervals", "walltime"], help="with --report: which table (default: intervals)")
     s.add_argument("--readme", default="README.md", help="the README with the markers (default: README.md)")
     s.add_argument("--results", default="docs/results", help="where NAME.csv and NAME.yaml are kept (default: docs/results)")
     s.set_defaults(fn=cmd_readme)

@@ -155,6 +155,7 @@ def report_files(params: dict) -> list[Path]:
         t / "paired.csv",
         t / "runs.csv",
         t / "label_efficiency.csv",
+        t / "walltime.csv",
         *(d / "figures" / f"{name}.png" for name in report_figures()),
         d / "metrics.json",
         d / "index.md",

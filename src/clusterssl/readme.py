@@ -1,8 +1,9 @@
 """`clusterssl readme`: the README's result tables, generated from a report, never typed.
 
-`snapshot` copies a report's tables/intervals.csv to docs/results/<name>.csv with the machine
-and the command that produced it (docs/results/<name>.yaml); `render` turns those two files into
-a Markdown block; `update_readme` puts that block between the README's markers
+`snapshot` copies one of a report's tables (tables/intervals.csv: the results; or
+tables/walltime.csv: each rule's wall time) to docs/results/<name>.csv with the machine, the
+command that produced it and which table it is (docs/results/<name>.yaml); `render` turns those
+two files into a Markdown block; `update_readme` puts that block between the README's markers
 
     <!-- results: <name> -->
     <!-- /results: <name> -->
@@ -27,6 +28,8 @@ HEADLINE = ("linear_top1", "knn20_top1", "kmeans_acc", "kmeans_nmi")
 _SEMISUP = re.compile(r"semisup_(.+)_top1")
 _TRANSFER = re.compile(r"transfer_(.+)_linear_top1")
 INTERVAL_COLUMNS = ("method", "metric", "n", "mean", "std", "low", "high")
+WALLTIME_COLUMNS = ("stage", "jobs", "total s", "longest s")  # clusterssl.report.wall_times
+TABLES = {"intervals": INTERVAL_COLUMNS, "walltime": WALLTIME_COLUMNS}  # a report's tables/<key>.csv
 MACHINE_PREFIX = "- Machine: "
 PACKAGES_PREFIX = "- Packages: "
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -45,14 +48,14 @@ def markers(name: str) -> tuple[str, str]:
 
 
 # --- snapshot: report -> docs/results ---------------------------------------------------------
-def _read_intervals(path: Path, fix: str) -> pd.DataFrame:
+def _read_table(path: Path, fix: str, table: str = "intervals") -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: not found; {fix}")
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fix}") from None
-    missing = [c for c in INTERVAL_COLUMNS if c not in df.columns]
+    missing = [c for c in TABLES[table] if c not in df.columns]
     if missing:
         raise UserError(f"{path}: has no column {', '.join(missing)} (written by an older clusterssl?); {fix}")
     if df.empty:
@@ -64,14 +67,15 @@ def _provenance_line(index: Path, prefix: str) -> str | None:
     return next((line[len(prefix):].strip() for line in index.read_text().splitlines() if line.startswith(prefix)), None)
 
 
-def read_report(report_dir: str | Path) -> tuple[str, dict]:
-    """The report's intervals.csv text and its provenance (machine, packages), checked; nothing written."""
+def read_report(report_dir: str | Path, table: str = "intervals") -> tuple[str, dict]:
+    """The report's tables/<table>.csv text and its provenance (machine, packages), checked;
+    nothing written."""
     report = Path(report_dir)
     fix = "point --report at a report folder that `clusterssl report` (or `snakemake`) wrote, e.g. results/report"
     if not report.is_dir():
         raise UserError(f"{report}: no such report folder; {fix}")
-    intervals = report / "tables" / "intervals.csv"
-    _read_intervals(intervals, fix)
+    chosen = report / "tables" / f"{table}.csv"
+    _read_table(chosen, fix, table)
     index = report / "index.md"
     if not index.is_file():
         raise UserError(f"{index}: not found; {fix}")
@@ -82,19 +86,23 @@ def read_report(report_dir: str | Path) -> tuple[str, dict]:
     packages = _provenance_line(index, PACKAGES_PREFIX)
     if packages:
         meta["packages"] = packages
-    return intervals.read_text(), meta
+    if table != "intervals":
+        meta["table"] = table
+    return chosen.read_text(), meta
 
 
-def snapshot(report_dir: str | Path, name: str, command: str, out_dir: str | Path = DEFAULT_RESULTS) -> tuple[Path, Path]:
-    """Copy `report_dir`/tables/intervals.csv to `out_dir`/<name>.csv and write `out_dir`/<name>.yaml
-    (machine, packages, `command`); everything is checked before either file is written."""
+def snapshot(report_dir: str | Path, name: str, command: str, out_dir: str | Path = DEFAULT_RESULTS,
+             table: str = "intervals") -> tuple[Path, Path]:
+    """Copy `report_dir`/tables/<table>.csv to `out_dir`/<name>.csv and write `out_dir`/<name>.yaml
+    (machine, packages, `command`, the table unless intervals); everything is checked before either
+    file is written."""
     check_name(name)
     if not command.strip():
         raise UserError("--command is empty; give the command that produced the run, e.g. \"snakemake --cores all\"")
-    text, meta = read_report(report_dir)
+    text, meta = read_report(report_dir, table)
     out = Path(out_dir)
     csv, info = out / f"{name}.csv", out / f"{name}.yaml"
-    header = (f"# written by `clusterssl readme {name} --report ...` with {name}.csv (the report's tables/intervals.csv);\n"
+    header = (f"# written by `clusterssl readme {name} --report ...` with {name}.csv (the report's tables/{table}.csv);\n"
               "# README.md's table is rendered from both files: regenerate it, never edit by hand\n")
     write_text(csv, text)
     write_text(info, header + yaml.safe_dump({**meta, "command": command.strip()}, sort_keys=False, allow_unicode=True, width=1000))
@@ -145,8 +153,24 @@ def _caption(meta: dict, ns: list[int]) -> str:
     return f"{measured}; mean ± std over {seeds} seeds, [95 % interval]."
 
 
+def render_walltime(walltime: pd.DataFrame, meta: dict) -> str:
+    """The Markdown block of a run's wall time per rule (Snakemake's benchmark files), longest
+    total first, with each rule's share of the summed job time."""
+    wt = walltime.astype({"stage": str}).sort_values("total s", ascending=False, kind="stable")
+    whole = float(wt["total s"].sum()) or 1.0
+    lines = ["| rule | jobs | total min | longest min | share of job time |", "|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {int(r['jobs'])} | {r['total s'] / 60:.1f} | {r['longest s'] / 60:.1f} | {100 * r['total s'] / whole:.0f} % |"
+              for r in wt.to_dict("records")]
+    caption = (f"Measured on {meta['machine']} with `{meta['command']}`: each rule's jobs, their summed and longest wall "
+               f"time (Snakemake's benchmark files; jobs run side by side, so the sum, {whole / 60:.1f} min, exceeds the run's wall time).")
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
 def render_frames(intervals: pd.DataFrame, meta: dict, where="the intervals table") -> str:
-    """The Markdown block of one intervals table and its metadata (machine, command)."""
+    """The Markdown block of one table (intervals unless `meta` names another) and its metadata
+    (machine, command)."""
+    if meta.get("table") == "walltime":
+        return render_walltime(intervals, meta)
     iv = intervals.astype({"metric": str, "method": str})
     cols = headline_columns(iv["metric"])
     if not cols:
@@ -170,7 +194,8 @@ def load(name: str, results_dir: str | Path = DEFAULT_RESULTS) -> tuple[pd.DataF
     check_name(name)
     results = Path(results_dir)
     fix = f"run `clusterssl readme {name} --report <report folder> --command \"<the command that made it>\"` first"
-    iv = _read_intervals(results / f"{name}.csv", fix)
+    if not (results / f"{name}.csv").is_file():
+        raise UserError(f"{results / f'{name}.csv'}: not found; {fix}")
     info = results / f"{name}.yaml"
     if not info.is_file():
         raise UserError(f"{info}: not found; {fix}")
@@ -178,7 +203,9 @@ def load(name: str, results_dir: str | Path = DEFAULT_RESULTS) -> tuple[pd.DataF
     missing = [k for k in ("machine", "command") if not isinstance(meta, dict) or not meta.get(k)]
     if missing:
         raise UserError(f"{info}: has no {' or '.join(missing)}; {fix}")
-    return iv, meta
+    if meta.get("table", "intervals") not in TABLES:
+        raise UserError(f"{info}: table {meta['table']!r} is none of {', '.join(TABLES)}; {fix}")
+    return _read_table(results / f"{name}.csv", fix, meta.get("table", "intervals")), meta
 
 
 def render(name: str, results_dir: str | Path = DEFAULT_RESULTS) -> str:
@@ -245,7 +272,8 @@ def check_readme(readme_path: str | Path, name: str) -> None:
     _span(readme.read_text(), name, readme)
 
 
-def run(name: str, readme: str | Path, results_dir: str | Path, report: str | Path | None = None, command: str | None = None) -> list[Path]:
+def run(name: str, readme: str | Path, results_dir: str | Path, report: str | Path | None = None, command: str | None = None,
+        table: str = "intervals") -> list[Path]:
     """The CLI verb: with a report, snapshot it and update the README; without one, re-render the
     README's block from `results_dir`. Every check runs before the first file is written."""
     check_name(name)
@@ -254,11 +282,11 @@ def run(name: str, readme: str | Path, results_dir: str | Path, report: str | Pa
     if report is not None:
         if command is None:
             raise UserError("--report needs --command: the command that produced the run, e.g. --command \"snakemake --cores all\"")
-        text, meta = read_report(report)
+        text, meta = read_report(report, table)
         render_frames(pd.read_csv(io.StringIO(text)), {**meta, "command": command},  # renders before anything is written
-                      where=Path(report) / "tables" / "intervals.csv")
-        written += snapshot(report, name, command, results_dir)
-    elif command is not None:
-        raise UserError("--command goes with --report (it records the command that produced that report)")
+                      where=Path(report) / "tables" / f"{table}.csv")
+        written += snapshot(report, name, command, results_dir, table)
+    elif command is not None or table != "intervals":
+        raise UserError("--command and --table go with --report (they say which run and which of its tables)")
     written.append(update_readme(readme, name, results_dir))
     return written

@@ -91,11 +91,21 @@ def use_device(name: str, deterministic: bool = True) -> torch.device:
     return device
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512_BF16 or AMX), where oneDNN's bf16
+    convolutions beat fp32: on a 2-core AMD EPYC with AVX512_BF16 the default preset's pretraining
+    step ran 1.24-1.30x and a fine-tuning step 1.45x as fast (benchmarks/train_step.py). Without
+    them (AVX2, plain AVX-512) bf16 is emulated and slower than fp32."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def bf16_autocast(tcfg: dict, device: torch.device) -> bool:
-    """Whether `pretrain.amp` turns bf16 autocast on for `device`: "auto" on CUDA only (CPUs
-    without bf16 units run it slower than fp32); "bf16" anywhere, which is how the tests exercise
-    the GPU code path on CPU."""
-    return tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
+    """Whether `pretrain.amp` turns bf16 autocast on for `device`: "auto" on CUDA and on CPUs with
+    bf16 units; "bf16" anywhere, which is how the tests exercise the GPU code path on any CPU;
+    "fp32" never."""
+    if tcfg["amp"] == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+    return tcfg["amp"] == "bf16"
 
 
 # --- preemption ----------------------------------------------------------------------------------

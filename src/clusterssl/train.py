@@ -497,6 +497,7 @@ def write_outputs(run: Run) -> None:
     write_history(run.history, run.out / "history.csv")
     write_json(run.out / "config.json", {**run.cfg, "seed": run.seed, "device": str(run.device), "torch": torch.__version__,
                                          "threads": torch.get_num_threads(), "train_images": d.num_train,
+                                         "autocast": "bf16" if run.amp else "fp32",
                                          "recipe": run.recipe, "provenance": type(run.model).provenance})
     if run.resume_file.exists():
         os.remove(run.resume_file)

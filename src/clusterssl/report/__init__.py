@@ -275,12 +275,26 @@ def kernels_text(runs_cfg: dict) -> str:
             "(`pretrain.deterministic: false`): faster on a GPU, repeatable to rounding only")
 
 
+def precision_text(runs_cfg: dict) -> str:
+    """The run record's line on the precision pretraining computed in, from each run's
+    config.json (`pretrain.amp` as resolved on its machine; a run made before the key was
+    recorded says so)."""
+    modes: dict[str, list[str]] = {}
+    for m, c in runs_cfg.items():
+        modes.setdefault({"bf16": "bf16 autocast", "fp32": "fp32"}.get(c.get("autocast"), "not recorded"), []).append(m)
+    text = "; ".join(f"{mode}: {', '.join(ms)}" for mode, ms in modes.items()) if len(modes) > 1 else f"{next(iter(modes))}, every method"
+    return (f"{text}. `pretrain.amp: auto` computes in bf16 on CUDA and on CPUs with bf16 units (AVX512_BF16, AMX), "
+            "in fp32 elsewhere, so the same params can give other numbers on another CPU type")
+
+
 def write_tables(params: dict, runs: pd.DataFrame, summary: pd.DataFrame, runs_cfg: dict, reference: Path, out: Path) -> dict:
     """The tables: CSV (numbers), Markdown and LaTeX (as printed), and metrics.json; returns
     what index.md shows of them."""
     t, cols = out / "tables", columns(params)
     first = runs_cfg[paths.methods(params)[0]]
     write_text(t / "runs.csv", runs.to_csv(index=False))
+    walltime = wall_times(params)
+    write_text(t / "walltime.csv", walltime.to_csv(index=False))  # `clusterssl readme --table walltime` renders it
     write_text(t / "main.csv", summary.to_csv(index=False))
     cells = main_cells(summary, cols)
     main_md = tables.to_markdown(cells)
@@ -304,7 +318,8 @@ def write_tables(params: dict, runs: pd.DataFrame, summary: pd.DataFrame, runs_c
     write_json(out / "metrics.json", dvc_metrics(summary, cols))
     counts = ", ".join(f"{n} {v}" for v, n in score["verdict"].value_counts().items())
     return {"main_md": main_md, "intervals_md": intervals_md, "scorecard_md": scorecard_md, "methods_md": methods_md,
-            "counts": counts, "efficiency": efficiency, "kernels": kernels_text(runs_cfg)}
+            "counts": counts, "efficiency": efficiency, "kernels": kernels_text(runs_cfg), "precision": precision_text(runs_cfg),
+            "walltime": walltime}
 
 
 def write_figures(params: dict, efficiency: pd.DataFrame, out: Path) -> None:
@@ -337,12 +352,12 @@ def build_report(params: dict, reference: Path | None = None) -> Path:
 
 
 def index_markdown(params: dict, reference: Path, out: Path, backbone: dict, epochs: int, main_md: str, intervals_md: str,
-                   scorecard_md: str, methods_md: str, counts: str, kernels: str) -> str:
+                   scorecard_md: str, methods_md: str, counts: str, kernels: str, precision: str,
+                   walltime: pd.DataFrame) -> str:
     """results/report/index.md: how each number was measured, the tables, the figures and the run record."""
     seed0 = params["seeds"][0]
     figures_md = figures_markdown()
     files_md = "\n".join(f"- [{p.relative_to(out)}]({p.relative_to(out)})" for p in paths.report_files(params) if p.parent != out)
-    walltime = wall_times(params)
     walltime_md = tables.to_markdown(walltime) if len(walltime) else "_no benchmark files: this run was not made by Snakemake._\n"
     machine_text, versions_text = machine(), versions()
     protocols = {e: read_json(paths.metrics_file(params, paths.RAW_PIXELS, seed0, e)) for e in paths.evals()}
@@ -402,6 +417,7 @@ protocol and budget match, otherwise marked not comparable with the reasons:
 - Machine: {machine_text}
 - Packages: {versions_text}
 - Pretraining kernels (`pretrain.deterministic`, from each run's config.json): {kernels}
+- Pretraining precision (`pretrain.amp`, from each run's config.json): {precision}
 - Wall time per stage (Snakemake's benchmark files, seconds; DVC writes none):
 
 {walltime_md}
