@@ -4,7 +4,10 @@
 #
 #   CLUSTERSSL_DATA_MIRROR=/path/with/fashion_mnist bash benchmarks/gpu.sh [OUT_DIR [PART...]]
 #
-# PARTs (default: all three, in this order): tests, throughput, fmnist.
+# PARTs (default: all four, in this order): peers, tests, throughput, fmnist.
+# 0. benchmarks/peers.py on the GPU: clusterssl's SimCLR against lightly's documented pipeline
+#    (ResNet-18, CIFAR stem, 32 px, batch 512, paper-cifar10's recipe), steps and one whole epoch
+#    each over 50,000 synthetic CIFAR-shaped images, with deterministic and then autotuned kernels;
 # 1. tests/test_{train,methods,losses,augment,metrics}.py on the GPU (their runs use
 #    `pretrain.device: auto`, which picks CUDA, so bf16 autocast, channels_last, torch.compile,
 #    resume and preemption run there);
@@ -22,7 +25,7 @@
 set -u -o pipefail
 out=${1:-results/gpu}
 parts=" ${*:2} "
-[ "$parts" = "  " ] && parts=" tests throughput fmnist "
+[ "$parts" = "  " ] && parts=" peers tests throughput fmnist "
 want() { [[ $parts == *" $1 "* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -44,6 +47,12 @@ part() {  # part NAME SECONDS LOG COMMAND...: one check, its output to the scree
     nproc
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
+
+for kernels in deterministic autotuned; do  # needs the bench extra (lightly)
+    want peers && part "peers: SimCLR ResNet-18 CIFAR stem, batch 512, $kernels kernels" 240 "$out/peers.log" \
+        python3 benchmarks/peers.py --device cuda --params config/presets/paper-cifar10.yaml --batch 512 --workers 8 \
+        --kernels "$kernels" --steps 20 --turns 3 --epochs 1 < /dev/null
+done
 
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed: eight at a time
 want tests && part "GPU tests" 300 "$out/tests.log" python3 -m pytest -v --tb=short -p no:cacheprovider $xdist tests/test_{train,methods,losses,augment,metrics}.py

@@ -82,6 +82,9 @@ def test_the_pretrain_verb_runs_two_processes_through_torchrun_and_writes_one_ru
     assert config["pretrain"]["processes"] == 2 and config["train_images"] == 256
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "online_knn20_top1" in history[0]
+    # live curves from rank 0 only: a row per epoch as in history.csv, and no logger failure from a second writer
+    loss = tmp_path / "results/live/digits/carl/seed0/plots/metrics/loss.tsv"
+    assert len(loss.read_text().splitlines()) == len(history) and "live training curves stopped" not in done.stderr
     import yaml
 
     from clusterssl.runtime import load_trained

@@ -200,6 +200,7 @@ def test_readme_result_blocks_are_generated():
 WALLTIME = """stage,jobs,total s,longest s
 fetch,2,3.0,2.0
 pretrain,2,960.0,540.0
+split,2,12.0,6.0
 eval/semisup_0.1,3,300.0,120.0
 """
 
@@ -215,9 +216,10 @@ def test_cli_renders_a_reports_wall_time_per_rule(tmp_path, capsys):
     assert "table: walltime" in (docs / "demo.yaml").read_text() and (docs / "demo.csv").read_text() == WALLTIME
     block = readme.blocks((tmp_path / "README.md").read_text())["demo"]
     assert block == (f"Measured on {MACHINE} with `time snakemake --cores all`: each rule's jobs, their summed and longest wall time "
-                     "(Snakemake's benchmark files; jobs run side by side, so the sum, 21.1 min, exceeds the run's wall time).\n\n"
+                     "(Snakemake's benchmark files; jobs run side by side, so the sum, 21.2 min, exceeds the run's wall time).\n\n"
                      "| rule | jobs | total min | longest min | share of job time |\n|---|---|---|---|---|\n"
-                     "| pretrain | 2 | 16.0 | 9.0 | 76 % |\n| eval/semisup_0.1 | 3 | 5.0 | 2.0 | 24 % |\n| fetch | 2 | 0.1 | 0.0 | 0 % |\n")
+                     "| pretrain | 2 | 16.0 | 9.0 | 75 % |\n| eval/semisup_0.1 | 3 | 5.0 | 2.0 | 24 % |\n"
+                     "| other: split, fetch | 4 | 0.2 | 0.1 | 1 % |\n")
     assert readme.render("demo", docs) == block  # what tests/test_readme keeps the README's blocks equal to
 
 

@@ -94,7 +94,9 @@ def test_machine_line_names_the_cpu_kernels_results_depend_on():
     from clusterssl.report import machine
 
     line = machine()
-    assert f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()};" in line and "logical CPUs" in line, line
+    from clusterssl.runtime import cpu_has_bf16_units
+    units = "with" if cpu_has_bf16_units() else "without"
+    assert f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}, {units} bf16 units;" in line and "logical CPUs" in line, line
 
 
 def test_methods_table_reads_recipe_and_provenance_from_each_runs_config(tmp_path):

@@ -39,9 +39,18 @@ def tiny(tmp_path):
     return params
 
 
+def live_curves(params: dict, method: str, seed: int) -> dict:
+    """A run's dvclive curves, {file: rows of (step, value)}, without the wall-clock column."""
+    root = paths.live_dir(params, method, seed)
+    return {str(f.relative_to(root)): pd.read_csv(f, sep="\t").drop(columns="timestamp", errors="ignore").values.tolist()
+            for f in sorted(root.rglob("*.tsv"))}
+
+
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypatch, capsys):
     straight = train.pretrain(tiny, "carl", 0, threads=1, progress=False)
     reference = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    curves = live_curves(tiny, "carl", 0)
+    assert curves and all(len(rows) == 2 for rows in curves.values()), curves  # one row per epoch
     for f in straight.iterdir():
         f.unlink()
 
@@ -69,6 +78,8 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypa
     for k in reference:
         assert torch.allclose(reference[k].float(), resumed[k].float(), atol=1e-5), k
     assert list(pd.read_csv(straight / "history.csv")["epoch"]) == [1, 2]
+    # the live curves of the resumed run: epoch 1 rewritten from the restored history, then epoch 2
+    assert live_curves(tiny, "carl", 0) == curves
 
 
 def test_resume_file_from_other_params_is_set_aside(tiny, capsys):

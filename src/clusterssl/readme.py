@@ -155,12 +155,21 @@ def _caption(meta: dict, ns: list[int]) -> str:
 
 def render_walltime(walltime: pd.DataFrame, meta: dict) -> str:
     """The Markdown block of a run's wall time per rule (Snakemake's benchmark files), longest
-    total first, with each rule's share of the summed job time."""
+    total first, with each rule's share of the summed job time; rules under 2 % of it share one
+    last row."""
     wt = walltime.astype({"stage": str}).sort_values("total s", ascending=False, kind="stable")
     whole = float(wt["total s"].sum()) or 1.0
+    small = wt["total s"] < 0.02 * whole
+    rows = wt[~small].to_dict("records")
+    if small.sum() > 1:
+        rest = wt[small]
+        rows.append({"stage": f"other: {', '.join(rest['stage'])}", "jobs": rest["jobs"].sum(), "total s": rest["total s"].sum(),
+                     "longest s": rest["longest s"].max()})
+    else:
+        rows += wt[small].to_dict("records")
     lines = ["| rule | jobs | total min | longest min | share of job time |", "|---|---|---|---|---|"]
     lines += [f"| {r['stage']} | {int(r['jobs'])} | {r['total s'] / 60:.1f} | {r['longest s'] / 60:.1f} | {100 * r['total s'] / whole:.0f} % |"
-              for r in wt.to_dict("records")]
+              for r in rows]
     caption = (f"Measured on {meta['machine']} with `{meta['command']}`: each rule's jobs, their summed and longest wall "
                f"time (Snakemake's benchmark files; jobs run side by side, so the sum, {whole / 60:.1f} min, exceeds the run's wall time).")
     return caption + "\n\n" + "\n".join(lines) + "\n"

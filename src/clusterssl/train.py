@@ -1,6 +1,6 @@
 """One training loop for every method.
 
-Linear warm-up then cosine decay (per step, optim.py), seeds, AMP (bf16 on CUDA), channels_last,
+Linear warm-up then cosine decay (per step, optim.py), seeds, AMP (bf16 on CUDA and on CPUs with bf16 units), channels_last,
 optional torch.compile, a checkpoint every N epochs that a re-run resumes from (runtime.py), one
 run at a time in a run folder (a lock, io.py), a tqdm progress bar, and `history.csv` with, per
 epoch, the loss and each of its terms, an online k-NN monitor on a fixed train subset and, for

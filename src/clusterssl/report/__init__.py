@@ -217,8 +217,11 @@ def machine() -> str:
         pass
     # the instruction set PyTorch's CPU kernels use: results are bit for bit only within one (README)
     isa = torch.backends.cpu.get_cpu_capability()
+    from ..runtime import cpu_has_bf16_units  # what `pretrain.amp: auto` computes in on this CPU
+
+    bf16 = "with" if cpu_has_bf16_units() else "without"
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, PyTorch CPU kernels {isa}; GPU: {gpu}; "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, PyTorch CPU kernels {isa}, {bf16} bf16 units; GPU: {gpu}; "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
