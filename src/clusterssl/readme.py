@@ -212,9 +212,10 @@ def load(name: str, results_dir: str | Path = DEFAULT_RESULTS) -> tuple[pd.DataF
     missing = [k for k in ("machine", "command") if not isinstance(meta, dict) or not meta.get(k)]
     if missing:
         raise UserError(f"{info}: has no {' or '.join(missing)}; {fix}")
-    if meta.get("table", "intervals") not in TABLES:
-        raise UserError(f"{info}: table {meta['table']!r} is none of {', '.join(TABLES)}; {fix}")
-    return _read_table(results / f"{name}.csv", fix, meta.get("table", "intervals")), meta
+    table = meta.get("table", "intervals")
+    if table not in TABLES:
+        raise UserError(f"{info}: table {table!r} is none of {', '.join(TABLES)}; {fix}")
+    return _read_table(results / f"{name}.csv", fix, table), meta
 
 
 def render(name: str, results_dir: str | Path = DEFAULT_RESULTS) -> str:

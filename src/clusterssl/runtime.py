@@ -108,6 +108,12 @@ def bf16_autocast(tcfg: dict, device: torch.device) -> bool:
     return tcfg["amp"] == "bf16"
 
 
+def precision_name(autocast: bool) -> str:
+    """How a run's config.json and a fine-tuning's metrics record the precision `bf16_autocast`
+    chose (the report's run record reads it)."""
+    return "bf16" if autocast else "fp32"
+
+
 # --- preemption ----------------------------------------------------------------------------------
 class SigtermAtStepBoundary:
     """While active, SIGTERM (how SLURM and most schedulers preempt) only raises a flag that the

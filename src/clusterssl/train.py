@@ -32,8 +32,8 @@ from .knn import knn_predict
 from .live import live_log
 from .methods.base import Method
 from .optim import make_optimizer
-from .runtime import (SigtermAtStepBoundary, bf16_autocast, build_method, deterministic_kernels, load_state, pretrain_config,
-                      recipe, save_state, seed_everything, use_device)
+from .runtime import (SigtermAtStepBoundary, bf16_autocast, build_method, deterministic_kernels, load_state, precision_name,
+                      pretrain_config, recipe, save_state, seed_everything, use_device)
 
 MONITOR_BANK, MONITOR_QUERY = 4000, 1000
 
@@ -497,7 +497,7 @@ def write_outputs(run: Run) -> None:
     write_history(run.history, run.out / "history.csv")
     write_json(run.out / "config.json", {**run.cfg, "seed": run.seed, "device": str(run.device), "torch": torch.__version__,
                                          "threads": torch.get_num_threads(), "train_images": d.num_train,
-                                         "autocast": "bf16" if run.amp else "fp32",
+                                         "autocast": precision_name(run.amp),
                                          "recipe": run.recipe, "provenance": type(run.model).provenance})
     if run.resume_file.exists():
         os.remove(run.resume_file)

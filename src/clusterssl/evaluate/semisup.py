@@ -102,7 +102,7 @@ def select_and_finetune(backbone: nn.Module, train_x, train_y, test_x, test_y, n
 
 def semisup(params: dict, method: str, seed: int, fraction: float, threads: int | None = None) -> Path:
     from ..backbones import create_backbone  # imported here: timm is slow to import
-    from ..runtime import bf16_autocast, load_trained, use_device
+    from ..runtime import bf16_autocast, load_trained, precision_name, use_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -142,7 +142,7 @@ def semisup(params: dict, method: str, seed: int, fraction: float, threads: int 
         fmt = torch.channels_last if params["pretrain"]["channels_last"] else torch.contiguous_format
         result = select_and_finetune(backbone.to(device), train_x, train_y, test_x, test_y, num_classes, mean, std, cfg, seed, amp,
                                      params["eval"]["batch_size"], memory_format=fmt)
-        settings = {**cfg, "autocast": "bf16" if amp else "fp32"}  # pretrain.amp as resolved on this machine
+        settings = {**cfg, "autocast": precision_name(amp)}  # pretrain.amp as resolved on this machine
     out = paths.metrics_file(params, method, seed, paths.semisup_name(fraction))
     write_json(out, {
         "dataset": dataset, "pretrained_on": dataset, "method": method, "seed": seed, "protocol": "semisup", "fraction": fraction,

@@ -265,13 +265,19 @@ def run_configs(params: dict) -> dict[str, dict]:
     return out
 
 
+def modes_by_method(runs_cfg: dict, mode_of) -> str:
+    """Which methods' runs share a mode (`mode_of(config.json)`): "MODE, every method" when all
+    do, else "MODE: methods; MODE: methods"."""
+    modes: dict[str, list[str]] = {}
+    for m, c in runs_cfg.items():
+        modes.setdefault(mode_of(c), []).append(m)
+    return "; ".join(f"{mode}: {', '.join(ms)}" for mode, ms in modes.items()) if len(modes) > 1 else f"{next(iter(modes))}, every method"
+
+
 def kernels_text(runs_cfg: dict) -> str:
     """The run record's line on which kernels pretraining ran, from each run's config.json
     (`pretrain.deterministic`; a run made before the key existed ran deterministic ones)."""
-    modes: dict[str, list[str]] = {}
-    for m, c in runs_cfg.items():
-        modes.setdefault("deterministic" if c.get("pretrain", {}).get("deterministic", True) else "autotuned", []).append(m)
-    text = "; ".join(f"{mode}: {', '.join(ms)}" for mode, ms in modes.items()) if len(modes) > 1 else f"{next(iter(modes))}, every method"
+    text = modes_by_method(runs_cfg, lambda c: "deterministic" if c.get("pretrain", {}).get("deterministic", True) else "autotuned")
     if {str(c.get("device", "")).split(":")[0] for c in runs_cfg.values()} == {"cpu"}:
         text += " (these runs trained on the CPU, whose kernels are deterministic either way)"
     return (f"{text}. Deterministic: no cuDNN autotuning, CUDA runs repeat bit for bit; autotuned "
@@ -282,10 +288,7 @@ def precision_text(runs_cfg: dict) -> str:
     """The run record's line on the precision pretraining computed in, from each run's
     config.json (`pretrain.amp` as resolved on its machine; a run made before the key was
     recorded says so)."""
-    modes: dict[str, list[str]] = {}
-    for m, c in runs_cfg.items():
-        modes.setdefault({"bf16": "bf16 autocast", "fp32": "fp32"}.get(c.get("autocast"), "not recorded"), []).append(m)
-    text = "; ".join(f"{mode}: {', '.join(ms)}" for mode, ms in modes.items()) if len(modes) > 1 else f"{next(iter(modes))}, every method"
+    text = modes_by_method(runs_cfg, lambda c: {"bf16": "bf16 autocast", "fp32": "fp32"}.get(c.get("autocast"), "not recorded"))
     return (f"{text}. `pretrain.amp: auto` computes in bf16 on CUDA and on CPUs with bf16 units (AVX512_BF16, AMX), "
             "in fp32 elsewhere, so the same params can give other numbers on another CPU type")
 
