@@ -401,3 +401,16 @@ def test_a_seed_numpy_and_torch_cannot_take_is_refused_by_every_verb(tmp_path, c
     from clusterssl.cli import build_parser
 
     assert build_parser().parse_args([*verb, "--seed", str(2**32 - 1)]).seed == 2**32 - 1  # the largest is a seed
+
+
+@pytest.mark.parametrize("entry, wrong", [("seeds", "name=value pairs"), ("1seeds=[0]", "valid identifier"),
+                                          ("seeds=[0,x]", "seeds")])
+def test_dvc_adopt_reads_config_values_as_snakemake_does_and_names_a_bad_one(tmp_path, capsys, write_params, entry, wrong):
+    """`dvc-adopt --config` takes what `snakemake --config` took: a malformed entry, or a value
+    the schema refuses, is one line naming it, before any file or DVC is touched."""
+    params = write_params()
+    before = all_files(tmp_path)
+    rc, _, err = run(capsys, params, "dvc-adopt", "--config", entry)
+    assert_user_error(rc, err)
+    assert wrong in err and len(err.strip().splitlines()) == 1, err
+    assert all_files(tmp_path) == before

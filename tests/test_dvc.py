@@ -283,19 +283,23 @@ def test_a_run_pushed_to_the_default_remote_is_pulled_into_a_fresh_clone_and_not
 @pytest.mark.e2e
 @needs_fashion_mnist
 def test_a_snakemake_run_adopted_by_dvc_is_not_run_again(tmp_path):
-    """Snakemake runs the presets; `clusterssl --preset ... dvc-adopt` writes them into
-    params.yaml and records the outputs in dvc.lock: `dvc status` is clean, `dvc repro` runs no
-    stage, and Snakemake still finds nothing to do (the outputs were not touched)."""
+    """Snakemake runs a preset and a --config value; `clusterssl --preset ... dvc-adopt --config
+    ...` writes them into params.yaml and records the outputs in dvc.lock: `dvc status` is clean,
+    `dvc repro` runs no stage, and Snakemake still finds nothing to do (the outputs were not
+    touched)."""
     from clusterssl.config import load_params
 
     repo = new_repo(tmp_path / "repo")
-    snake = [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", repo, "--cores", "2", "--configfile", *PRESETS]
+    tiny, one_method = "config/presets/tiny.yaml", "methods=[carl]"
+    snake = [BIN / "snakemake", "-s", ROOT / "Snakefile", "-d", repo, "--cores", "2", "--configfile", tiny, "--config", one_method]
     run_in(repo, *snake, "-q")
     refused = run_in(repo, BIN / "clusterssl", "dvc-adopt", check=False)  # not the config Snakemake ran
-    assert refused.returncode == 2 and "Snakemake has not run params.yaml with no --configfile" in refused.stderr, refused.stderr
-    adopted = run_in(repo, BIN / "clusterssl", *(f"--preset={p}" for p in PRESETS), "dvc-adopt")
+    assert refused.returncode == 2 and "Snakemake has not run params.yaml with no --configfile and no --config" in refused.stderr, refused.stderr
+    refused = run_in(repo, BIN / "clusterssl", f"--preset={tiny}", "dvc-adopt", check=False)  # the --config value left out
+    assert refused.returncode == 2 and f"with --configfile {tiny} and no --config" in refused.stderr, refused.stderr
+    adopted = run_in(repo, BIN / "clusterssl", f"--preset={tiny}", "dvc-adopt", "--config", one_method)
     assert "`dvc status` is clean" in adopted.stdout
-    assert load_params(repo / "params.yaml") == load_params(ROOT / "params.yaml", *(repo / p for p in PRESETS))
+    assert load_params(repo / "params.yaml") == load_params(ROOT / "params.yaml", repo / tiny, config={"methods": ["carl"]})
     assert json.loads(dvc(repo, "status", "--json")) == {}
     assert not stages_run(dvc(repo, "repro"))
     assert "Nothing to be done" in run_in(repo, *snake, "-n").stdout

@@ -92,7 +92,7 @@ def test_methods_all_puts_every_method_in_the_dag(tmp_path):
 def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_path):
     """A preset without some sections, plus --config overrides: the file every job reads is the
     complete, validated config Snakemake scheduled from (typed: seeds are ints, not strings)."""
-    from clusterssl.config import load_params
+    from clusterssl.config import fingerprint, load_params, snakemake_config
 
     preset = preset_params("tiny")
     preset["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}
@@ -110,6 +110,9 @@ def test_jobs_read_the_merged_config_a_partial_preset_and_config_overrides(tmp_p
     assert params["report"] == default["report"] and params["eval"]["cluster"] == default["eval"]["cluster"]
     assert params["dataset"] == "digits" and params["eval"]["linear"] == preset["eval"]["linear"]
     assert sum(j["rule"] == "pretrain" for j in jobs) == 4  # two methods x two seeds
+    # `clusterssl dvc-adopt --config` reads the same values into the same config, so finds this file
+    given = load_params(tmp_path / "params.yaml", tmp_path / "partial.yaml", config=snakemake_config(["seeds=[0,1]", "eval={semisup: {steps: 7}}"]))
+    assert merged.stem == fingerprint(given)
 
 
 def test_fmnist_all_preset_is_the_default_with_every_method_at_twice_its_epochs():

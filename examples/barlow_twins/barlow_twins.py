@@ -1,5 +1,4 @@
-"""Barlow Twins (Zbontar et al., 2021) as a clusterssl plugin: the cross-correlation matrix of
-two views' projections, standardised over the batch, is pushed towards the identity."""
+"""Barlow Twins (Zbontar et al., 2021): two views' cross-correlation matrix is pushed towards the identity."""
 from clusterssl.methods.base import Method, register
 
 

@@ -145,9 +145,10 @@ def cmd_exp_args(args):
 
 
 def cmd_dvc_adopt(args):
+    from .config import snakemake_config
     from .dvcgen import adopt
 
-    print(adopt(args.params, args.preset))
+    print(adopt(args.params, args.preset, snakemake_config(args.config)))
 
 
 def cmd_docs(args):
@@ -198,6 +199,23 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{self.prog}: {message}")
+
+
+def _add_dvc_verbs(sub) -> None:
+    """The verbs that hand the workflow to DVC: its dvc.yaml, presets as experiments, a Snakemake run adopted."""
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stages' params keys and the output paths (run after adding a stage)")
+    s.add_argument("-o", "--output", default="dvc.yaml")
+    s.set_defaults(fn=cmd_dvc_yaml)
+
+    s = sub.add_parser("exp-args", help="a preset as `dvc exp run -S` arguments: clusterssl exp-args PRESET | xargs dvc exp run")
+    s.add_argument("presets", nargs="+", metavar="PRESET", help="preset files (config/presets/*.yaml), merged onto --params in turn")
+    s.set_defaults(fn=cmd_exp_args)
+
+    s = sub.add_parser("dvc-adopt", help="after a Snakemake run: write its presets (--preset, as given to --configfile) and --config values into "
+                       "params.yaml and record its outputs in dvc.lock, so that `dvc repro` re-runs nothing")
+    s.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="the values the run was given with snakemake --config, written the same way")
+    s.set_defaults(fn=cmd_dvc_adopt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,17 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", default=None, help="published numbers CSV (default: reference/reported_numbers.csv if present)")
     s.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stages' params keys and the output paths (run after adding a stage)")
-    s.add_argument("-o", "--output", default="dvc.yaml")
-    s.set_defaults(fn=cmd_dvc_yaml)
-
-    s = sub.add_parser("exp-args", help="a preset as `dvc exp run -S` arguments: clusterssl exp-args PRESET | xargs dvc exp run")
-    s.add_argument("presets", nargs="+", metavar="PRESET", help="preset files (config/presets/*.yaml), merged onto --params in turn")
-    s.set_defaults(fn=cmd_exp_args)
-
-    s = sub.add_parser("dvc-adopt", help="after a Snakemake run: write its presets (--preset, as given to --configfile) into "
-                       "params.yaml and record its outputs in dvc.lock, so that `dvc repro` re-runs nothing")
-    s.set_defaults(fn=cmd_dvc_adopt)
+    _add_dvc_verbs(sub)
 
     s = sub.add_parser("readme", help="the README's results table NAME, generated from a report (docs/results/NAME.csv, .yaml)")
     s.add_argument("name", help="the table's name, e.g. default: README markers <!-- results: NAME --> ... <!-- /results: NAME -->")

@@ -168,14 +168,15 @@ def read_yaml_mapping(path: str | Path, what: str, hint: str = "") -> dict:
     return content
 
 
-def load_params(*files: str | Path) -> dict:
+def load_params(*files: str | Path, config: dict | None = None) -> dict:
     """params.yaml (or the first file) with each further file merged onto it in turn, as
-    `snakemake --configfile` merges a preset: completed and validated."""
+    `snakemake --configfile` merges a preset, then `config` (`snakemake --config` values, typed):
+    completed and validated."""
     files = files or (BASE_PARAMS,)
     params: dict = {}
     for f in files:
         params = merge(params, read_yaml_mapping(f, "params", " (pass --params FILE or run from the project root)"))
-    return validate(params, " + ".join(map(str, files)))
+    return validate(merge(params, config or {}), " + ".join([*map(str, files), *(["--config"] if config else [])]))
 
 
 def hydra_value(value) -> str:
@@ -224,6 +225,19 @@ def typed(value):
             return value
         return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
     return value
+
+
+def snakemake_config(entries: list[str]) -> dict:
+    """`snakemake --config KEY=VALUE ...` as the workflow reads it: Snakemake's own parser, then
+    `typed` (the Snakefile does the same), so a value means what it meant to the run."""
+    from snakemake.cli import parse_config
+
+    from .io import UserError
+
+    try:
+        return typed(parse_config(entries))
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"--config {' '.join(entries)}: {exc} (write KEY=VALUE, as given to snakemake --config)") from None
 
 
 def write_merged_params(params: dict, folder: str | Path) -> Path:

@@ -145,14 +145,16 @@ def render() -> str:
 
 
 # --- the hand-over from Snakemake ----------------------------------------------------------------------
-def preset_overlay(presets: list[str]) -> dict:
-    """What `presets` change in params.yaml, merged in turn (`methods: all` written out: DVC's
-    matrix needs the list); the values `clusterssl exp-args` hands to `dvc exp run -S`."""
+def preset_overlay(presets: list[str], config: dict | None = None) -> dict:
+    """What `presets` change in params.yaml, merged in turn, then `config` (`--config` values,
+    typed) (`methods: all` written out: DVC's matrix needs the list); the values `clusterssl
+    exp-args` hands to `dvc exp run -S`."""
     from .config import merge, read_yaml_mapping
 
     overlay: dict = {}
     for preset in presets:
         overlay = merge(overlay, read_yaml_mapping(preset, "params"))
+    overlay = merge(overlay, config or {})
     if overlay.get("methods") == "all":
         overlay["methods"] = paths.all_methods()
     return overlay
@@ -193,10 +195,10 @@ def _times_kept(folders: list[Path]) -> Iterator[None]:
                 os.utime(path, ns=(atime, mtime), follow_symlinks=False)
 
 
-def adopt(params_file: str, presets: list[str]) -> str:
+def adopt(params_file: str, presets: list[str], config: dict | None = None) -> str:
     """Hands a finished Snakemake run over to DVC: checks that Snakemake ran exactly this config
-    (params_file with `presets` merged; Snakemake names the config it ran by its fingerprint under
-    paths.merged_params_dir), writes the presets into params_file with DVC's own override code (as
+    (params_file with `presets` merged, then `config`, its `--config` values typed; Snakemake names
+    the config it ran by its fingerprint under paths.merged_params_dir), writes them into params_file with DVC's own override code (as
     `dvc exp run -S` would: DVC's stages read params.yaml), then `dvc commit --force` records
     every output and params value in dvc.lock, so that `dvc repro` and `dvc exp run` re-run
     nothing that is already computed, and Snakemake still finds nothing to do. Returns what it
@@ -206,15 +208,16 @@ def adopt(params_file: str, presets: list[str]) -> str:
     from .config import dvc_overrides, fingerprint, load_params
     from .io import UserError
 
-    target = load_params(params_file, *presets)
+    target = load_params(params_file, *presets, config=config)
     ran = paths.merged_params_dir(target) / f"{fingerprint(target)}.yaml"
     if not ran.is_file():
         given = " ".join(f"--configfile {p}" for p in presets) or "no --configfile"
-        raise UserError(f"{ran}: not found, so Snakemake has not run {params_file} with {given}; name the presets it ran "
-                        "with (`clusterssl --preset FILE dvc-adopt`, one --preset per --configfile, --config values "
-                        "in a preset file of their own) or run `snakemake --cores all` with this config first")
-    if presets:
-        apply_overrides(params_file, dvc_overrides(preset_overlay(presets)))
+        given += f" and --config {config}" if config else " and no --config"
+        raise UserError(f"{ran}: not found, so Snakemake has not run {params_file} with {given}; name the presets and "
+                        "values it ran with (`clusterssl --preset FILE dvc-adopt --config KEY=VALUE ...`: one --preset "
+                        "per --configfile, --config as given to Snakemake) or run `snakemake --cores all` with this config first")
+    if presets or config:
+        apply_overrides(params_file, dvc_overrides(preset_overlay(presets, config)))
         if load_params(params_file) != target:  # DVC would then run other values than Snakemake did
             raise UserError(f"{params_file}: the presets did not merge into it as Snakemake merged them; "
                             "restore it (git checkout) and run the stages with `dvc repro` instead")
