@@ -248,3 +248,13 @@ def metrics_of(workdir: Path) -> dict:
         record.pop("seconds", None)
         out[str(f.relative_to(workdir))] = record
     return out
+
+
+def read_curves(folder: Path) -> dict:
+    """dvclive's curves in a run's live `folder` (paths.live_dir): {metric: its rows (step, value)
+    as a DataFrame}."""
+    import pandas as pd
+
+    from clusterssl import live
+
+    return {f.stem: pd.read_csv(f, sep="\t") for f in sorted((folder / live.CURVES).glob("*.tsv"))}

@@ -22,7 +22,7 @@ import yaml
 from clusterssl import data, live, paths, train
 from clusterssl.config import validate
 from clusterssl.io import file_sha256
-from conftest import BIN, ENV, ROOT, needs_fashion_mnist, preset_params
+from conftest import BIN, ENV, ROOT, needs_fashion_mnist, preset_params, read_curves
 
 GIT_ENV = {**ENV, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -41,11 +41,6 @@ def tiny_digits(tmp_path) -> dict:
     data.fetch("digits", paths.raw_dir(params, "digits"))
     data.prepare("digits", paths.raw_dir(params, "digits"), paths.prepared_dir(params, "digits"))
     return params
-
-
-def read_curves(folder: Path) -> dict[str, pd.DataFrame]:
-    """dvclive's curves in `folder`: {metric: its rows (step, value)}."""
-    return {f.stem: pd.read_csv(f, sep="\t") for f in sorted((folder / live.CURVES).glob("*.tsv"))}
 
 
 def logged_columns(history: pd.DataFrame) -> list[str]:

@@ -22,7 +22,7 @@ from clusterssl import data, optim, paths, runtime, train
 from clusterssl.cli import main
 from clusterssl.config import validate
 from clusterssl.io import UserError, file_sha256
-from conftest import preset_params
+from conftest import preset_params, read_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,10 +40,9 @@ def tiny(tmp_path):
 
 
 def live_curves(params: dict, method: str, seed: int) -> dict:
-    """A run's dvclive curves, {file: rows of (step, value)}, without the wall-clock column."""
-    root = paths.live_dir(params, method, seed)
-    return {str(f.relative_to(root)): pd.read_csv(f, sep="\t").drop(columns="timestamp", errors="ignore").values.tolist()
-            for f in sorted(root.rglob("*.tsv"))}
+    """A run's dvclive curves, {metric: rows of (step, value)}, without the wall-clock column."""
+    return {name: rows.drop(columns="timestamp", errors="ignore").values.tolist()
+            for name, rows in read_curves(paths.live_dir(params, method, seed)).items()}
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny, monkeypatch, capsys):

@@ -219,7 +219,7 @@ def adopt(params_file: str, presets: list[str], config: dict | None = None) -> s
     if presets or config:
         apply_overrides(params_file, dvc_overrides(preset_overlay(presets, config)))
         if load_params(params_file) != target:  # DVC would then run other values than Snakemake did
-            raise UserError(f"{params_file}: the presets did not merge into it as Snakemake merged them; "
+            raise UserError(f"{params_file}: the presets and --config values did not merge into it as Snakemake merged them; "
                             "restore it (git checkout) and run the stages with `dvc repro` instead")
     with _times_kept([paths.data_dir(target), paths.results_dir(target)]):  # Snakemake, too, finds nothing to do
         _dvc("commit", "--force", "--quiet", fix="finish the Snakemake run of this config first (`snakemake --cores "
