@@ -11,6 +11,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from clusterssl.evaluate.metrics import cluster_accuracy, clustering_scores, matched_confusion
 from clusterssl.evaluate.protocols import kmeans_clustering, knn, knn_predict, linear_probe
+from clusterssl.knn import knn_predict_ks
 
 
 # --- cluster accuracy -----------------------------------------------------------------------
@@ -136,6 +137,22 @@ def test_knn_chunking_does_not_change_predictions():
     assert np.array_equal(a, b)
     # k larger than the training set is clipped
     assert knn_predict(tx[:3], ty[:3], qx, k=50, temperature=0.1).shape == (23,)
+
+
+def test_knn_for_several_k_in_one_pass_equals_one_k_at_a_time():
+    rng = np.random.default_rng(1)
+    tx, ty = rng.normal(size=(300, 8)), rng.integers(0, 4, 300)
+    qx = rng.normal(size=(57, 8))
+    together = knn_predict_ks(tx, ty, qx, [50, 1, 7, 400], temperature=0.1, chunk=16)
+    assert sorted(together) == [1, 7, 50, 400]
+    sims = (qx / np.linalg.norm(qx, axis=1, keepdims=True)) @ (tx / np.linalg.norm(tx, axis=1, keepdims=True)).T
+    for k, pred in together.items():  # against a plain reference: each query's own sort and vote
+        expected = []
+        for row in sims:
+            nearest = np.argsort(-row)[:k]
+            expected.append(np.bincount(ty[nearest], weights=np.exp(row[nearest] / 0.1), minlength=4).argmax())
+        assert pred.tolist() == expected
+    assert not np.array_equal(together[1], together[50])  # the ks are scored apart, not copied
 
 
 # --- linear probe and k-means -------------------------------------------------------------

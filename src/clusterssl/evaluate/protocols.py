@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 # defined below train, whose online monitor uses the same one
-from ..knn import knn_predict
+from ..knn import knn_predict, knn_predict_ks
 from .metrics import clustering_scores, matched_confusion
 
 
@@ -63,7 +63,8 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int, lr: float, weigh
 
 
 def knn(train_x, train_y, test_x, test_y, ks: list[int], temperature: float) -> dict:
-    return {f"k{k}_top1": float((knn_predict(train_x, train_y, test_x, k, temperature) == np.asarray(test_y)).mean()) for k in ks}
+    preds = knn_predict_ks(train_x, train_y, test_x, ks, temperature)
+    return {f"k{k}_top1": float((preds[k] == np.asarray(test_y)).mean()) for k in ks}
 
 
 def kmeans_clustering(x, y, n_clusters: int, n_init: int, seed: int) -> dict:
