@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from clusterssl.evaluate.metrics import cluster_accuracy, clustering_scores, matched_confusion
-from clusterssl.evaluate.protocols import kmeans_clustering, knn, knn_predict, linear_probe
-from clusterssl.knn import knn_predict_ks
+from clusterssl.evaluate.protocols import kmeans_clustering, knn, linear_probe
+from clusterssl.knn import knn_predict, knn_predict_ks
 
 
 # --- cluster accuracy -----------------------------------------------------------------------

@@ -17,8 +17,8 @@ import pandas as pd
 from clusterssl import paths
 from clusterssl.config import load_params
 from clusterssl.data.fashion_mnist import CLASSES
-from clusterssl.evaluate.protocols import knn_predict
 from clusterssl.io import read_json, write_text
+from clusterssl.knn import knn_predict_ks
 from clusterssl.report import tables
 from studies import METHODS
 
@@ -31,7 +31,7 @@ def scores(features: dict, temperature: float) -> dict:
     """Top-1 % at each k and k-NN20 recall % per class."""
     train, test = (features[f"{s}_features"] for s in ("train", "test"))
     y = np.asarray(features["test_labels"])
-    predicted = {k: knn_predict(train, features["train_labels"], test, k, temperature) for k in KS}
+    predicted = knn_predict_ks(train, features["train_labels"], test, list(KS), temperature)
     return {**{f"k{k}": 100 * float((p == y).mean()) for k, p in predicted.items()},
             **{name: 100 * float((predicted[20][y == c] == c).mean()) for c, name in enumerate(CLASSES)}}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clusterssl.evaluate.protocols import knn_predict
+from clusterssl.knn import knn_predict
 
 
 def effective_rank(x: np.ndarray) -> float:

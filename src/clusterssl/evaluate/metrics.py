@@ -9,11 +9,11 @@ import numpy as np
 
 def _contingency(labels, clusters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts of (cluster, class) pairs and the Hungarian matching that maximises the matched count."""
+    from scipy.optimize import linear_sum_assignment
+
     labels, clusters = np.asarray(labels), np.asarray(clusters)
     _, li = np.unique(labels, return_inverse=True)
     _, ci = np.unique(clusters, return_inverse=True)
-    from scipy.optimize import linear_sum_assignment
-
     counts = np.zeros((ci.max() + 1, li.max() + 1), dtype=np.int64)
     np.add.at(counts, (ci, li), 1)
     rows, cols = linear_sum_assignment(counts, maximize=True)

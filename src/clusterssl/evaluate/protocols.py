@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 # defined below train, whose online monitor uses the same one
-from ..knn import knn_predict, knn_predict_ks
+from ..knn import knn_predict_ks
 from .metrics import clustering_scores, matched_confusion
 
 
